@@ -1,0 +1,115 @@
+"""Files that go next to runs: predictions, confusion matrix, history, trials table, plots.
+
+Pure file writers: they know nothing of MLflow, which uploads what they write.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # headless: no display on servers and CI
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
+
+from runner.data import LABEL_NAMES  # noqa: E402
+
+log = logging.getLogger(__name__)
+
+
+def write_predictions(eval_split, probs: np.ndarray, path: Path) -> Path:
+    """Validation predictions: sentence1, sentence2, label, prediction, probability (of the prediction)."""
+    predictions = probs.argmax(axis=-1)
+    pd.DataFrame(
+        {
+            "sentence1": eval_split["sentence1"],
+            "sentence2": eval_split["sentence2"],
+            "label": eval_split["label"],
+            "prediction": predictions,
+            "probability": probs[np.arange(len(predictions)), predictions].round(6),
+        }
+    ).to_csv(path, index=False)
+    return path
+
+
+def write_confusion_matrix(labels, probs: np.ndarray, path: Path, title: str) -> Path:
+    """Confusion matrix of the validation predictions as a PNG."""
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(
+        labels, probs.argmax(axis=-1), labels=[0, 1], display_labels=LABEL_NAMES, ax=ax, colorbar=False
+    )
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_json(data: Any, path: Path) -> Path:
+    """Pretty JSON (e.g. the Trainer's log history)."""
+    path.write_text(json.dumps(data, indent=2, default=str), encoding="utf-8")
+    return path
+
+
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """One row per trial: number, state, value, searched params, precision, accuracy, best epoch, duration."""
+    rows = []
+    for t in study.trials:
+        best = t.user_attrs.get("best_metrics", {})
+        rows.append(
+            {
+                "trial": t.number,
+                "state": t.state.name,
+                "value": t.value,
+                **t.params,
+                "precision": t.user_attrs.get("precision"),
+                "accuracy": best.get("eval_accuracy"),
+                "best_epoch": t.user_attrs.get("best_epoch"),
+                "epochs_run": t.user_attrs.get("epochs_run"),
+                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
+                "error": t.user_attrs.get("error", ""),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+def write_study_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """Optuna's optimization history, parallel coordinates and importances as PNGs.
+
+    Needs two complete trials; returns the files written (none before that).
+    """
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(complete) < 2:
+        return []
+    from optuna.visualization import matplotlib as optuna_plt
+
+    plots = {
+        "optimization_history.png": optuna_plt.plot_optimization_history,
+        "parallel_coordinate.png": optuna_plt.plot_parallel_coordinate,
+        "param_importances.png": optuna_plt.plot_param_importances,
+    }
+    written = []
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
+                ax = plot(study)
+            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
+            fig.set_size_inches(9, 5)
+            fig.tight_layout()
+            fig.savefig(out_dir / name, dpi=100)
+            plt.close(fig)
+            written.append(out_dir / name)
+        except (ValueError, RuntimeError) as err:
+            # e.g. importances when every trial used the same value of each param
+            log.info("skipped %s: %s", name, err)
+    return written

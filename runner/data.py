@@ -1,0 +1,159 @@
+"""Load GLUE MRPC (Hub or local folder) into a DatasetDict, and tokenize it once.
+
+Everything goes through ``datasets.load_dataset`` so that both the parsed files
+and the tokenized splits live in the ``datasets`` cache: later trials and later
+runs of the same study reuse them instead of tokenizing again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import datasets
+from datasets import ClassLabel, DatasetDict
+
+from runner.config import ConfigError, DataConfig
+from runner.hub import hub_available
+
+log = logging.getLogger(__name__)
+
+LABEL_NAMES = ["not_equivalent", "equivalent"]
+COLUMNS = ["sentence1", "sentence2", "label"]
+# GLUE's own TSV header (as in ../shared/data/mrpc) -> the Hub dataset's column names.
+GLUE_TSV_COLUMNS = {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"}
+SPLIT_FILES = {"train": ["train"], "validation": ["validation", "dev"], "test": ["test"]}
+FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+
+
+class DataError(ConfigError):
+    """The data cannot be found or is not MRPC-shaped."""
+
+
+@dataclass(frozen=True)
+class MrpcData:
+    """MRPC splits with columns sentence1, sentence2, label, and where they came from."""
+
+    splits: DatasetDict
+    source: str
+
+    def sizes(self) -> dict[str, int]:
+        """Rows per split, for logs and tracking."""
+        return {name: len(split) for name, split in self.splits.items()}
+
+
+def resolve_data_dir(cfg: DataConfig, cli_dir: str | None = None) -> str | None:
+    """The local data folder: ``--data-dir`` > ``RUNNER_DATA_DIR`` > the config's ``data_dir``."""
+    return cli_dir or os.environ.get("RUNNER_DATA_DIR") or cfg.data_dir
+
+
+def load_mrpc(cfg: DataConfig, data_dir: str | None, seed: int) -> MrpcData:
+    """Load MRPC from ``data_dir`` when given, else from the Hub (or its cache).
+
+    Train and validation are sliced to ``max_train_samples`` / ``max_eval_samples``
+    (a seeded shuffle first, so a slice keeps both labels).
+    """
+    if data_dir:
+        splits, source = _load_local(Path(data_dir).expanduser()), str(Path(data_dir).expanduser().resolve())
+    else:
+        splits, source = _load_hub(cfg), f"{cfg.hub_id}/{cfg.hub_config}"
+    for name in ("train", "validation"):
+        if name not in splits:
+            raise DataError(f"{source}: no {name} split (expected {' or '.join(SPLIT_FILES[name])} files)")
+    splits = DatasetDict({name: _normalise(split, f"{source} [{name}]") for name, split in splits.items()})
+    splits["train"] = _take(splits["train"], cfg.max_train_samples, seed)
+    splits["validation"] = _take(splits["validation"], cfg.max_eval_samples, seed)
+    return MrpcData(splits=splits, source=source)
+
+
+def _load_hub(cfg: DataConfig) -> DatasetDict:
+    online = hub_available()
+    try:
+        loaded = datasets.load_dataset(cfg.hub_id, cfg.hub_config)
+    except Exception as err:  # noqa: BLE001 - any failure here means "no data"; say what to do
+        if not online:
+            raise DataError(
+                f"{cfg.hub_id}/{cfg.hub_config} is not in the local cache and the Hugging Face Hub "
+                "cannot be reached: point at a local copy with --data-dir DIR or RUNNER_DATA_DIR=DIR "
+                "(GLUE MRPC TSVs: train.tsv, dev.tsv)"
+            ) from None
+        raise DataError(f"cannot load {cfg.hub_id}/{cfg.hub_config} from the Hub: {_first_line(err)}") from None
+    return DatasetDict({k: v for k, v in loaded.items() if k in SPLIT_FILES})
+
+
+def _load_local(folder: Path) -> DatasetDict:
+    if not folder.is_dir():
+        raise DataError(f"data folder not found: {folder}")
+    found: dict[str, datasets.Dataset] = {}
+    for split, stems in SPLIT_FILES.items():
+        files = [folder / f"{stem}{ext}" for stem in stems for ext in FORMATS if (folder / f"{stem}{ext}").is_file()]
+        if files:
+            found[split] = _read_file(files[0])
+    if not found:
+        raise DataError(f"{folder}: no data files (expected train and dev/validation as .tsv, .csv, .json or .parquet)")
+    return DatasetDict(found)
+
+
+def _read_file(path: Path) -> datasets.Dataset:
+    builder = FORMATS[path.suffix]
+    kwargs: dict = {}
+    if path.suffix == ".tsv":
+        # GLUE TSVs hold unbalanced quotes: quoting must be off or rows merge.
+        kwargs = {"delimiter": "\t", "quoting": 3, "encoding": "utf-8-sig", "keep_default_na": False}
+    elif path.suffix == ".csv":
+        kwargs = {"encoding": "utf-8-sig", "keep_default_na": False}
+    try:
+        return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
+    except Exception as err:  # noqa: BLE001 - report the file and the first line of the cause
+        cause = err.__cause__ or err
+        if isinstance(cause, UnicodeDecodeError) or "codec can't decode" in str(err):
+            raise DataError(f"{path}: not valid UTF-8") from None
+        raise DataError(f"{path}: cannot parse: {_first_line(cause)}") from None
+
+
+def _normalise(split: datasets.Dataset, where: str) -> datasets.Dataset:
+    """Rename GLUE TSV columns, keep sentence1/sentence2/label, and check every row."""
+    renames = {old: new for old, new in GLUE_TSV_COLUMNS.items() if old in split.column_names}
+    if renames:
+        split = split.rename_columns(renames)
+    missing = [c for c in COLUMNS if c not in split.column_names]
+    if missing:
+        raise DataError(f"{where}: missing column(s) {', '.join(missing)} (have {', '.join(split.column_names)})")
+    split = split.select_columns(COLUMNS)
+    if len(split) == 0:
+        raise DataError(f"{where}: no rows")
+    labels = set(split.unique("label"))
+    if not labels <= {0, 1}:
+        bad = sorted(map(str, labels - {0, 1}))[:3]
+        raise DataError(f"{where}: labels must be 0 or 1, found {', '.join(bad)}")
+    for column in ("sentence1", "sentence2"):
+        empty = [i for i, text in enumerate(split[column]) if not isinstance(text, str) or not text.strip()]
+        if empty:
+            raise DataError(f"{where}: {len(empty)} empty {column} value(s), first at row {empty[0] + 1}")
+    return split.cast_column("label", ClassLabel(names=LABEL_NAMES))
+
+
+def _take(split: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dataset:
+    if limit is None or limit >= len(split):
+        return split
+    return split.shuffle(seed=seed).select(range(limit)).flatten_indices()
+
+
+def tokenize(data: MrpcData, tokenizer, max_length: int) -> DatasetDict:
+    """Tokenize sentence pairs (truncated, unpadded: batches pad themselves).
+
+    ``datasets`` fingerprints the function, tokenizer and inputs, so a second
+    call with the same inputs loads the cached result instead of recomputing.
+    """
+
+    def encode(batch):
+        return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True, max_length=max_length)
+
+    return data.splits.map(encode, batched=True, remove_columns=["sentence1", "sentence2"], desc="Tokenizing")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__

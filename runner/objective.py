@@ -1,0 +1,155 @@
+"""Optuna trial -> one training run -> the trial's value.
+
+Reports to Optuna once per epoch with step = epoch number, so the pruner compares
+trials at the same point whatever their batch size, and returns the best epoch's
+metric, not the last one's.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from runner import artifacts, worker
+from runner.checkpoint import BestCheckpoint
+from runner.config import SweepConfig, to_yaml
+from runner.data import MrpcData
+from runner.model import new_model
+from runner.progress import SweepProgress
+from runner.space import suggest
+from runner.tracking import Tracker
+from runner.train import resolve_precision, train
+
+log = logging.getLogger(__name__)
+
+PER_EPOCH_METRICS = ("eval_accuracy", "eval_f1", "eval_loss", "train_loss")
+
+
+@dataclass
+class Objective:
+    """Callable for ``study.optimize``; everything shared across trials is built once."""
+
+    cfg: SweepConfig
+    model_source: str
+    tokenizer: Any
+    data: MrpcData
+    tokenized: Any  # DatasetDict
+    tracker: Tracker
+    checkpoint: BestCheckpoint
+    progress: SweepProgress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        hp = suggest(trial, self.cfg)
+        precision = resolve_precision(hp.fp16)
+        trial.set_user_attr("precision", precision)
+        trial.set_user_attr("worker", worker.current())
+        params = {**hp.model_dump(), **self.fixed_params(), "precision": precision}
+        self.progress.trial_started(trial.number, {k: getattr(hp, k) for k in self.cfg.searched()})
+        try:
+            with self.tracker.trial_run(self.cfg.study.name, trial.number, params) as run:
+                value = self._run(trial, hp, run)
+        except optuna.TrialPruned:
+            self.progress.trial_finished(
+                trial.number, "PRUNED", None, f" at epoch {trial.user_attrs.get('epochs_run')}"
+            )
+            raise
+        except Exception as err:
+            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+            log.error("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            self.progress.trial_finished(trial.number, "FAIL", None)
+            raise
+        self.progress.trial_finished(trial.number, "COMPLETE", value)
+        return value
+
+    def fixed_params(self) -> dict[str, Any]:
+        """Settings shared by every trial, logged with each so a run stands on its own."""
+        return {
+            "model": self.cfg.model.name,
+            "max_length": self.cfg.model.max_length,
+            "seed": self.cfg.train.seed,
+            "per_device_eval_batch_size": self.cfg.train.per_device_eval_batch_size,
+            "group_by_length": self.cfg.train.group_by_length,
+            "lr_scheduler_type": self.cfg.train.lr_scheduler_type,
+            "max_grad_norm": self.cfg.train.max_grad_norm,
+            "train_samples": len(self.tokenized["train"]),
+            "eval_samples": len(self.tokenized["validation"]),
+        }
+
+    def _run(self, trial: optuna.Trial, hp, run) -> float:
+        metric = self.cfg.study.metric
+        maximize = self.cfg.study.direction == "maximize"
+
+        def on_epoch(epoch: int, row: dict[str, float]) -> bool:
+            run.log_metrics({k: row[k] for k in PER_EPOCH_METRICS if k in row}, step=epoch)
+            self.progress.epoch(trial.number, epoch, hp.num_train_epochs, row)
+            trial.set_user_attr("epochs_run", epoch)
+            trial.report(row[metric], step=epoch)
+            return trial.should_prune()
+
+        model = new_model(self.model_source, self.cfg.train.seed)
+        result = train(
+            model,
+            self.tokenizer,
+            self.tokenized["train"],
+            self.tokenized["validation"],
+            hp,
+            self.cfg.train,
+            metric=metric,
+            maximize=maximize,
+            on_epoch=on_epoch,
+            progress=lambda epoch, step, steps: self.progress.step(trial.number, epoch, step, steps),
+        )
+        best = result.best_metrics
+        trial.set_user_attr("best_epoch", result.best_epoch)
+        trial.set_user_attr("best_metrics", {k: v for k, v in best.items() if k in PER_EPOCH_METRICS})
+        summary = {f"best_{metric}": best[metric], "best_epoch": result.best_epoch}
+        summary |= {f"best_{k}": best[k] for k in ("eval_accuracy", "eval_f1") if k in best and k != metric}
+        summary |= {"train_runtime": result.train_runtime, "train_samples_per_second": result.train_samples_per_second}
+        run.log_metrics(summary)
+        with tempfile.TemporaryDirectory() as tmp:
+            files = [artifacts.write_json(result.log_history, Path(tmp) / "log_history.json")]
+            if result.probabilities is not None:
+                files += self._prediction_files(trial.number, result.probabilities, Path(tmp))
+            run.log_files(files)
+        if result.stopped_at_epoch is not None:
+            raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at_epoch}")
+        self._flag_collapse(result.probabilities, run)
+        self.checkpoint.offer(
+            model,
+            self.tokenizer,
+            best[metric],
+            {
+                "study": self.cfg.study.name,
+                "trial": trial.number,
+                "epoch": result.best_epoch,
+                "run_id": run.run_id,
+                "params": hp.model_dump(),
+                "metrics": best,
+            },
+            to_yaml(self.cfg),
+        )
+        return best[metric]
+
+    def _prediction_files(self, number: int, probs, tmp: Path) -> list[Path]:
+        eval_split = self.data.splits["validation"]
+        return [
+            artifacts.write_predictions(eval_split, probs, tmp / "validation_predictions.csv"),
+            artifacts.write_confusion_matrix(
+                eval_split["label"], probs, tmp / "confusion_matrix.png", f"trial {number}, validation"
+            ),
+        ]
+
+    def _flag_collapse(self, probs, run) -> None:
+        """A model that predicts one class for every pair has learned nothing: say so on its run."""
+        if probs is None:
+            return
+        predicted = set(probs.argmax(axis=-1).tolist())
+        if len(predicted) == 1:
+            only = predicted.pop()
+            run.set_tags({"runner.collapsed": f"predicts only class {only} (majority-class baseline)"})
+            log.warning("trial's model predicts only class %d: it has collapsed to the baseline", only)

@@ -1,0 +1,315 @@
+"""The study: config -> data and model -> Optuna study -> trials -> MLflow -> summary."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import shlex
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from runner import artifacts, worker
+from runner.checkpoint import BestCheckpoint
+from runner.config import ConfigError, SweepConfig, to_yaml
+from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
+from runner.model import load_tokenizer, resolve_model
+from runner.objective import Objective
+from runner.progress import SweepProgress
+from runner.space import max_epochs
+from runner.tracking import Tracker, check_reachable
+from runner.train import resolve_precision
+
+log = logging.getLogger("runner")
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+class SweepFailed(RuntimeError):
+    """The sweep could not do its work (exit 1)."""
+
+
+def make_study(cfg: SweepConfig) -> optuna.Study:
+    """Create or load the study; sampler and pruner are not stored, so they are rebuilt each time."""
+    storage = open_storage(cfg.study.storage)
+    previous = _existing_trials(storage, cfg.study.name)
+    # Offset the seed by the trials already run so a resumed study does not replay its first proposals.
+    sampler = (
+        optuna.samplers.TPESampler(seed=cfg.train.seed + previous, n_startup_trials=cfg.study.n_startup_trials)
+        if cfg.study.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=cfg.train.seed + previous)
+    )
+    study = optuna.create_study(
+        study_name=cfg.study.name,
+        storage=storage,
+        sampler=sampler,
+        pruner=make_pruner(cfg),
+        direction=cfg.study.direction,
+        load_if_exists=True,
+    )
+    if study.direction.name.lower() != cfg.study.direction:
+        raise ConfigError(
+            f"study {cfg.study.name!r} already exists with direction {study.direction.name.lower()}: "
+            "use --study NEW_NAME to start a new study"
+        )
+    return study
+
+
+def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
+    """The configured pruner; steps are epochs."""
+    if cfg.study.pruner == "median":
+        return optuna.pruners.MedianPruner(
+            n_startup_trials=cfg.study.pruner_startup_trials,
+            n_warmup_steps=cfg.study.pruner_warmup_epochs + 1,  # the earliest prune is at step == n_warmup_steps
+        )
+    if cfg.study.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs(cfg), reduction_factor=3)
+    return optuna.pruners.NopPruner()
+
+
+def check_storage_url(url: str) -> None:
+    """Reject a malformed storage URL or a missing database driver without connecting."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as err:
+        raise ConfigError(f"invalid Optuna storage URL {url!r}: {err}") from None
+    except ImportError as err:
+        raise ConfigError(f"Optuna storage {url!r} needs a database driver: {err}") from None
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna RDB storage; a malformed URL is a config error, not a traceback."""
+    if url.startswith("sqlite:///"):
+        db = url.removeprefix("sqlite:///")
+        if db and db != ":memory:":
+            Path(db).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
+        raise ConfigError(f"cannot open Optuna storage {url!r}: {str(err).strip().splitlines()[0]}") from None
+
+
+def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return 0
+    return len(storage.get_all_trials(study_id, deepcopy=False))
+
+
+def settle_stale(study: optuna.Study, tracker: Tracker) -> None:
+    """Trials left RUNNING by a dead process: fail them in Optuna and in MLflow.
+
+    A trial whose worker ran on this host and is gone is failed at once; others
+    (other hosts) when Optuna's heartbeat grace period has passed.
+    """
+    dead = [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if worker.is_dead(t.user_attrs.get("worker"))
+    ]
+    for number in dead:
+        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+    if dead:
+        log.info("marked trial(s) %s of dead workers as failed", ", ".join(map(str, dead)))
+    optuna.storages.fail_stale_trials(study)  # other hosts' trials, once the heartbeat grace has passed
+    live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    tracker.settle_orphans(study.study_name, live)
+
+
+class FailureGuard:
+    """Stops the study when too many of this sweep's trials fail."""
+
+    def __init__(self, max_rate: float):
+        self.max_rate, self.attempts, self.errors = max_rate, 0, []
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        self.attempts += 1
+        if trial.state == TrialState.FAIL:
+            self.errors.append(trial.user_attrs.get("error", "unknown error"))
+        if len(self.errors) >= 3 and len(self.errors) / self.attempts > self.max_rate:
+            study.stop()
+
+    @property
+    def tripped(self) -> bool:
+        return len(self.errors) >= 3 and len(self.errors) / max(self.attempts, 1) > self.max_rate
+
+    def common_error(self) -> str:
+        return collections.Counter(self.errors).most_common(1)[0][0] if self.errors else ""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything trials share, built once per sweep."""
+
+    data: MrpcData
+    model_source: str
+    tokenizer: Any
+    tokenized: Any  # DatasetDict
+
+
+def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
+    """Check the stores and load data, tokenizer and tokens; writes nothing to the stores."""
+    check_storage_url(cfg.study.storage)
+    check_reachable(cfg.tracking.tracking_uri)
+    data = load_mrpc(cfg.data, resolve_data_dir(cfg.data, data_dir), seed=cfg.train.seed)
+    log.info("data: %s %s", data.source, data.sizes())
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source)
+    return Inputs(data, source, tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
+
+
+def run_sweep(cfg: SweepConfig, data_dir: str | None = None) -> int:
+    """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed."""
+    inputs = prepare_inputs(cfg, data_dir)
+    study = make_study(cfg)
+    tracker = Tracker(
+        cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, cfg.tracking.system_metrics
+    )
+    tracker.open_study_run(study, reproduction_tags(cfg))
+    status = "KILLED"  # unless we get to the end: Ctrl-C, SIGTERM or a bug
+    try:
+        tracker.log_dataset(dict(inputs.data.splits), inputs.data.source, "mrpc")
+        settle_stale(study, tracker)
+        checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
+        checkpoint.remove_leftovers()
+        guard = optimize(study, cfg, inputs, tracker, checkpoint)
+        status = "FAILED" if guard.tripped else "FINISHED"
+    finally:
+        finish_study_run(study, tracker, cfg, status)
+    if guard.tripped:
+        raise SweepFailed(
+            f"stopped: {len(guard.errors)} of {guard.attempts} trials failed; most common error: {guard.common_error()}"
+        )
+    print_summary(study, cfg, checkpoint)
+    return 0
+
+
+def optimize(
+    study: optuna.Study, cfg: SweepConfig, inputs: Inputs, tracker: Tracker, checkpoint: BestCheckpoint
+) -> FailureGuard:
+    """Run trials until the study has ``n_trials`` finished ones or too many fail."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    progress = SweepProgress(cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize")
+    if any(t.state == TrialState.COMPLETE for t in study.trials):
+        progress.set_best(study.best_value, study.best_trial.number)
+    objective = Objective(
+        cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, checkpoint, progress
+    )
+    guard = FailureGuard(cfg.study.max_failure_rate)
+    log.info(
+        "study %r: %d/%d trials finished; model %s; fp16=true runs as %s",
+        cfg.study.name,
+        done,
+        cfg.study.n_trials,
+        cfg.model.name,
+        resolve_precision(True),
+    )
+    if done < cfg.study.n_trials:
+        study.optimize(
+            objective,
+            callbacks=[optuna.study.MaxTrialsCallback(cfg.study.n_trials, states=FINISHED), guard],
+            catch=(Exception,),
+            gc_after_trial=True,
+        )
+    return guard
+
+
+def reproduction_tags(cfg: SweepConfig) -> dict[str, str]:
+    """Tags that let someone rerun this sweep: command, code version, library versions."""
+    import datasets
+    import mlflow
+    import torch
+    import transformers
+
+    tags = {
+        "runner.command": shlex.join([Path(sys.executable).name, "-m", "runner.sweep", *sys.argv[1:]]),
+        "runner.versions": f"transformers={transformers.__version__} datasets={datasets.__version__} "
+        f"torch={torch.__version__} optuna={optuna.__version__} mlflow={mlflow.__version__}",
+        "runner.model": cfg.model.name,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, status: str) -> None:
+    """Config, trials table, best trial and plots on the study run, then end it."""
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+            artifacts.trials_table(study).to_csv(folder / "trials.csv", index=False)
+            files = [folder / "config.yaml", folder / "trials.csv", *artifacts.write_study_plots(study, folder)]
+            metrics, tags = {}, {"runner.trials_finished": len(study.get_trials(deepcopy=False, states=FINISHED))}
+            if any(t.state == TrialState.COMPLETE for t in study.trials):
+                best = study.best_trial
+                metrics = {f"best_{k}": v for k, v in best.user_attrs.get("best_metrics", {}).items()}
+                metrics |= {f"best_{cfg.study.metric}": best.value, "best_trial": best.number}
+                tags |= {"best_trial.number": best.number, "best_trial.run_id": _run_id_of(tracker, study, best.number)}
+                tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
+            tracker.update_study_run(metrics, tags, files)
+    finally:
+        tracker.close_study_run(status)
+
+
+def _run_id_of(tracker: Tracker, study: optuna.Study, number: int) -> str:
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`runner.study` = '{study.study_name}' and tags.`optuna.trial_number` = '{number}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else ""
+
+
+def quiet_libraries() -> None:
+    """Library chatter (warnings, progress bars, INFO logs) off; ``--debug`` keeps it."""
+    import warnings
+
+    import datasets
+    import transformers
+
+    # Experimental-API notices and schema hints are for us, not for sweep users.
+    warnings.simplefilter("ignore")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.logging.set_verbosity_error()
+    datasets.disable_progress_bars()
+    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "huggingface_hub"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpoint) -> None:
+    """The trials table and where to look next, on stdout."""
+    table = artifacts.trials_table(study)
+    out = sys.stdout
+    out.write("\n" + table.to_string(index=False) + "\n\n")
+    states = collections.Counter(t.state.name for t in study.trials)
+    out.write("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + "\n")
+    if states.get("COMPLETE"):
+        best = study.best_trial
+        out.write(f"best: trial {best.number}, {cfg.study.metric}={best.value:.4f}, params {best.params}\n")
+        out.write(f"best model: {checkpoint.path}\n")
+    uri = cfg.tracking.tracking_uri
+    out.write(f"compare the runs: mlflow ui --backend-store-uri {uri}  (experiment {cfg.study.name!r})\n")

@@ -1,0 +1,181 @@
+"""One training run with the Trainer. Knows nothing of Optuna or MLflow.
+
+The caller gets a callback per epoch (and may stop the run there), and at the end
+the best epoch's weights, metrics and validation predictions. No checkpoint is
+ever written: the best weights are kept in memory until the caller decides.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
+
+from runner.config import Hyperparameters, TrainConfig
+from runner.metrics import compute_metrics, probabilities
+
+log = logging.getLogger(__name__)
+
+# Called after each epoch's evaluation with (epoch, metrics); returning True stops training.
+EpochHook = Callable[[int, dict[str, float]], bool]
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became NaN or infinite."""
+
+
+@functools.cache
+def resolve_precision(mixed: bool) -> str:
+    """What ``fp16: true`` means here: fp16 on CUDA, bf16 on a CPU that has it, else fp32."""
+    if not mixed:
+        return "fp32"
+    if torch.cuda.is_available():
+        return "fp16"
+    try:
+        x = torch.ones(8, 8, dtype=torch.bfloat16)
+        (x @ x).sum().item()
+    except RuntimeError:
+        return "fp32"
+    return "bf16"
+
+
+@dataclass
+class TrainResult:
+    """What a finished (or stopped) training run hands back."""
+
+    precision: str
+    epochs: list[dict[str, float]] = field(default_factory=list)  # one row per epoch, with "epoch"
+    best_epoch: int | None = None
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    best_state: dict[str, torch.Tensor] | None = None
+    stopped_at_epoch: int | None = None  # set when the epoch hook stopped training
+    train_runtime: float = 0.0
+    train_samples_per_second: float = 0.0
+    log_history: list[dict[str, Any]] = field(default_factory=list)
+    probabilities: np.ndarray | None = None  # validation, best epoch, shape (n, 2)
+
+
+def training_arguments(hp: Hyperparameters, settings: TrainConfig, output_dir: str, precision: str):
+    """TrainingArguments for one run: evaluate and log once per epoch, never save."""
+    return TrainingArguments(
+        output_dir=output_dir,
+        learning_rate=hp.learning_rate,
+        per_device_train_batch_size=hp.per_device_train_batch_size,
+        num_train_epochs=hp.num_train_epochs,
+        weight_decay=hp.weight_decay,
+        # transformers 5: a float in [0, 1) is a fraction of the total steps.
+        warmup_steps=hp.warmup_ratio,
+        lr_scheduler_type=settings.lr_scheduler_type,
+        max_grad_norm=settings.max_grad_norm,
+        per_device_eval_batch_size=settings.per_device_eval_batch_size,
+        train_sampling_strategy="group_by_length" if settings.group_by_length else "random",
+        seed=settings.seed,
+        fp16=precision == "fp16",
+        bf16=precision == "bf16",
+        use_cpu=not torch.cuda.is_available(),
+        eval_strategy="epoch",
+        logging_strategy="epoch",
+        save_strategy="no",
+        report_to="none",
+        # The default filter hides NaN losses by averaging over them; we want to see them.
+        logging_nan_inf_filter=False,
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+class _EpochCallback(TrainerCallback):
+    """Collects per-epoch metrics, keeps the best weights in memory, asks the hook to go on."""
+
+    def __init__(self, result: TrainResult, metric: str, maximize: bool, hook: EpochHook | None, progress):
+        self.result, self.metric, self.maximize, self.hook, self.progress = result, metric, maximize, hook, progress
+        self.train_loss: float | None = None
+        self.model = None
+        self._last_progress = time.monotonic()
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.model = model
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # Progress for long epochs, at most every 30 s so logs stay readable.
+        if self.progress and time.monotonic() - self._last_progress > 30:
+            self._last_progress = time.monotonic()
+            self.progress(state.epoch or 0.0, state.global_step, state.max_steps)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None:
+            if not math.isfinite(loss):
+                raise TrainingDiverged(f"training loss became {loss} in epoch {math.ceil(state.epoch or 0)}")
+            self.train_loss = float(loss)
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        epoch = round(state.epoch or 0)
+        row = {"epoch": epoch, **{k: float(v) for k, v in (metrics or {}).items() if k.startswith("eval_")}}
+        if self.train_loss is not None:
+            row["train_loss"] = self.train_loss
+        if not math.isfinite(row.get("eval_loss", 0.0)):
+            raise TrainingDiverged(f"validation loss became {row['eval_loss']} at epoch {epoch}")
+        self.result.epochs.append(row)
+        value = row[self.metric]
+        best = self.result.best_metrics.get(self.metric)
+        if best is None or (value > best if self.maximize else value < best):
+            self.result.best_epoch, self.result.best_metrics = epoch, row
+            # A CPU copy: the live weights keep changing in later epochs.
+            self.result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+        if self.hook is not None and self.hook(epoch, row):
+            self.result.stopped_at_epoch = epoch
+            control.should_training_stop = True
+
+
+def train(
+    model,
+    tokenizer,
+    train_dataset,
+    eval_dataset,
+    hp: Hyperparameters,
+    settings: TrainConfig,
+    metric: str = "eval_f1",
+    maximize: bool = True,
+    on_epoch: EpochHook | None = None,
+    progress: Callable[[float, int, int], None] | None = None,
+) -> TrainResult:
+    """Fine-tune ``model``, evaluating each epoch; return the best epoch and its predictions.
+
+    ``on_epoch`` sees every epoch's metrics and may stop training (pruning).
+    Raises TrainingDiverged when the loss stops being finite.
+    """
+    precision = resolve_precision(hp.fp16)
+    result = TrainResult(precision=precision)
+    callback = _EpochCallback(result, metric, maximize, on_epoch, progress)
+    with tempfile.TemporaryDirectory(prefix="runner-trial-") as output_dir:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(hp, settings, output_dir, precision),
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_metrics,
+            callbacks=[callback],
+        )
+        # With tqdm off the Trainer prints every log dict to stdout; our callback reports instead.
+        trainer.remove_callback(PrinterCallback)
+        output = trainer.train()
+        result.train_runtime = float(output.metrics.get("train_runtime", 0.0))
+        result.train_samples_per_second = float(output.metrics.get("train_samples_per_second", 0.0))
+        result.log_history = list(trainer.state.log_history)
+        if result.best_state is not None and result.stopped_at_epoch is None:
+            # Score the best epoch's weights once more to get its predictions.
+            model.load_state_dict(result.best_state)
+            result.probabilities = probabilities(trainer.predict(eval_dataset).predictions)
+    return result
