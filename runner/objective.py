@@ -59,6 +59,7 @@ class Objective:
             )
             raise
         except Exception as err:
+            _free_accelerator_memory()  # an out-of-memory trial must not starve the next one
             trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
             self.progress.trial_finished(trial.number, "FAIL", None)
@@ -153,3 +154,13 @@ class Objective:
             only = predicted.pop()
             run.set_tags({"runner.collapsed": f"predicts only class {only} (majority-class baseline)"})
             log.warning("trial's model predicts only class %d: it has collapsed to the baseline", only)
+
+
+def _free_accelerator_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

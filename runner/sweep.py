@@ -19,7 +19,12 @@ from runner.config import ConfigError, SweepConfig, load_config, parse_override
 
 log = logging.getLogger("runner")
 
-DEFAULT_CONFIG = "sweeps/mrpc.yaml"
+DEFAULT_CONFIG = Path("sweeps/mrpc.yaml")
+EXAMPLES = """examples:
+  python -m runner.sweep --trials 20                       # the default sweep (sweeps/mrpc.yaml)
+  python -m runner.sweep --config sweeps/smoke.yaml --trials 3 --data-dir ../shared/data/mrpc
+  python -m runner.sweep --study lr-fixed --set search_space.learning_rate=5e-5
+Re-running the same command after a crash or Ctrl-C resumes the study up to --trials."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,17 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runner.sweep",
         description="Run an Optuna hyperparameter sweep fine-tuning a BERT-family model on GLUE MRPC, "
-        "tracked in MLflow. Re-running the same command resumes the study up to --trials.",
+        "with every trial tracked in MLflow.",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--config", default=None, help=f"sweep YAML file (default: {DEFAULT_CONFIG} if present)")
-    p.add_argument("--trials", type=int, help="total finished (complete or pruned) trials the study should reach")
-    p.add_argument("--study", help="study name (also the MLflow experiment name)")
-    p.add_argument("--storage", help="Optuna storage URL (default sqlite:///mlruns/optuna.db)")
+    p.add_argument("--config", metavar="FILE", help=f"sweep YAML file (default: {DEFAULT_CONFIG})")
+    p.add_argument("--trials", metavar="N", type=int, help="total finished (complete or pruned) trials to reach")
+    p.add_argument("--study", metavar="NAME", help="study name, also the MLflow experiment name")
+    p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///mlruns/optuna.db)")
     p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
     )
-    p.add_argument("--data-dir", help="local MRPC folder (GLUE TSVs or csv/json/parquet); also RUNNER_DATA_DIR")
-    p.add_argument("--model", help="Hub id or local folder of the pretrained model")
+    p.add_argument(
+        "--data-dir", metavar="DIR", help="local MRPC folder: GLUE TSVs or csv/json/parquet (default $RUNNER_DATA_DIR)"
+    )
+    p.add_argument("--model", metavar="NAME_OR_PATH", help="Hub id or local folder of the pretrained model")
     p.add_argument(
         "--set",
         dest="overrides",
@@ -51,9 +62,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def default_config_path() -> Path:
+    """``sweeps/mrpc.yaml`` in the working directory, else next to the package (a source checkout)."""
+    for candidate in (DEFAULT_CONFIG, Path(__file__).resolve().parent.parent / DEFAULT_CONFIG):
+        if candidate.is_file():
+            return candidate
+    raise ConfigError(f"no {DEFAULT_CONFIG} here: pass --config FILE")
+
+
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
     """Defaults < YAML < named flags < --set, validated in one go."""
-    path = args.config or (DEFAULT_CONFIG if Path(DEFAULT_CONFIG).is_file() else None)
+    path = args.config or default_config_path()
     overrides = {}
     named = {
         "study.n_trials": args.trials,
