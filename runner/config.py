@@ -34,7 +34,7 @@ class FloatRange(_Strict):
     low: float
     high: float
     log: bool = False
-    step: float | None = None
+    step: Annotated[float, Field(gt=0)] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> FloatRange:
@@ -50,12 +50,14 @@ class IntRange(_Strict):
     type: Literal["int"]
     low: int
     high: int
-    step: int = 1
+    step: Annotated[int, Field(gt=0)] = 1
     log: bool = False
 
     @model_validator(mode="after")
     def _check(self) -> IntRange:
         _check_range(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("log and step other than 1 cannot be combined")
         return self
 
 
@@ -193,6 +195,8 @@ class SweepConfig(_Strict):
                     Hyperparameters.model_validate({name: value})
                 except ValidationError as err:
                     msg = err.errors()[0]["msg"]
+                    if isinstance(value, str) and _looks_numeric(value):
+                        msg += " (remove the quotes around the number)"
                     raise ValueError(f"search_space.{name}: {value!r} is not valid: {msg}") from None
         return self
 

@@ -90,7 +90,8 @@ class Objective:
             self.progress.epoch(trial.number, epoch, hp.num_train_epochs, row)
             trial.set_user_attr("epochs_run", epoch)
             trial.report(row[metric], step=epoch)
-            return trial.should_prune()
+            # Pruning after the last epoch would only throw away a finished result.
+            return epoch < hp.num_train_epochs and trial.should_prune()
 
         model = new_model(self.model_source, self.cfg.train.seed)
         result = train(

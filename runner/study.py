@@ -136,12 +136,12 @@ class FailureGuard:
         self.attempts += 1
         if trial.state == TrialState.FAIL:
             self.errors.append(trial.user_attrs.get("error", "unknown error"))
-        if len(self.errors) >= 3 and len(self.errors) / self.attempts > self.max_rate:
+        if len(self.errors) >= 3 and len(self.errors) / self.attempts >= self.max_rate:
             study.stop()
 
     @property
     def tripped(self) -> bool:
-        return len(self.errors) >= 3 and len(self.errors) / max(self.attempts, 1) > self.max_rate
+        return len(self.errors) >= 3 and len(self.errors) / max(self.attempts, 1) >= self.max_rate
 
     def common_error(self) -> str:
         return collections.Counter(self.errors).most_common(1)[0][0] if self.errors else ""

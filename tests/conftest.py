@@ -1,0 +1,290 @@
+"""Shared fixtures: a tiny BERT, our own sentence pairs in GLUE format, and a CLI runner.
+
+Offline and hermetic: the Hub is switched off before any Hugging Face library is
+imported, and the Hugging Face caches live in a per-session folder.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import tempfile
+
+# Before anything imports huggingface_hub / datasets / transformers: they read these at import.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "true")
+# Every Hugging Face cache (hub, datasets, evaluate modules and metrics) in a per-session folder:
+# tests neither depend on nor add to the user's caches.
+_HF_HOME = tempfile.mkdtemp(prefix="runner-tests-hf-")
+os.environ["HF_HOME"] = _HF_HOME
+for _var in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_DATASETS_CACHE", "HF_MODULES_CACHE", "HF_METRICS_CACHE"):
+    os.environ.pop(_var, None)
+
+import re  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_HEADER = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"
+
+# Written for these tests (MRPC's own text may not be copied into the repo).
+# Pair 9 holds an unbalanced quote: with CSV quoting on, it would swallow the rows after it.
+PAIRS = [
+    ("The cat sat on the warm mat.", "A cat was sitting on the warm mat.", 1),
+    ("The train leaves the station at noon.", "At noon the train departs from the station.", 1),
+    ("The company reported higher profits this year.", "Profits at the company rose this year.", 1),
+    ("She planted tomatoes in the garden.", "He painted the fence in the garden.", 0),
+    ("The river flooded the small village.", "The small village was flooded by the river.", 1),
+    ("The museum opens on Monday.", "The museum is closed on Monday.", 0),
+    ("Prices of bread went up in March.", "Bread became more expensive in March.", 1),
+    ("The team won the final match.", "The team lost the first match.", 0),
+    ('He said " the shop opens at nine.', "The shop opens at nine, he said.", 1),
+    ("The doctor visited the patient at home.", "The patient visited the doctor at the clinic.", 0),
+    ("Our neighbor bought a new red car.", "Our neighbor purchased a new red car.", 1),
+    ("The storm closed the airport for two days.", "The airport stayed open during the storm.", 0),
+    ("The children read books in the library.", "In the library the children were reading books.", 1),
+    ("The bank raised interest rates again.", "The bank cut interest rates again.", 0),
+    ("A dog chased the ball across the park.", "The ball was chased across the park by a dog.", 1),
+    ("The bridge will be repaired next summer.", "The old bridge collapsed last winter.", 0),
+    ("The singer cancelled the evening concert.", "The evening concert was cancelled by the singer.", 1),
+    ("Farmers expect a large harvest this autumn.", "Farmers fear a poor harvest this autumn.", 0),
+    ("The school hired ten new teachers.", "Ten new teachers were hired by the school.", 1),
+    ("The phone battery lasts one day.", "The laptop battery lasts three days.", 0),
+    ("The council approved the new park plan.", "The plan for a new park was approved by the council.", 1),
+    ("The baker sells fresh bread every morning.", "The butcher sells fresh meat every evening.", 0),
+    ("Heavy snow delayed the morning buses.", "The morning buses were delayed by heavy snow.", 1),
+    ("The author finished her second novel.", "The author started her first poem.", 0),
+    ("The hospital opened a new children ward.", "A new ward for children opened at the hospital.", 1),
+    ("The factory will close in December.", "The factory will hire more workers in December.", 0),
+    ("Tourists crowded the old market square.", "The old market square was crowded with tourists.", 1),
+    ("The minister denied the report.", "The minister confirmed the report.", 0),
+    ("The price of coffee fell sharply.", "Coffee prices dropped sharply.", 1),
+    ("The cat slept all afternoon.", "The dog barked all night.", 0),
+    ("The library extended its opening hours.", "The library now stays open longer.", 1),
+    ("The pilot landed the plane safely.", "The plane crashed near the runway.", 0),
+]
+TRAIN_PAIRS, DEV_PAIRS = PAIRS[:24], PAIRS[24:]
+
+# Small and fast: 1-2 epochs, batch 8, random sampler, no pruning unless a test asks.
+SWEEP_YAML = """\
+study:
+  name: tiny
+  n_trials: 2
+  sampler: random
+  n_startup_trials: 0
+  pruner: none
+model:
+  max_length: 64
+train:
+  seed: 7
+  per_device_eval_batch_size: 16
+  group_by_length: false
+search_space:
+  learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}
+  per_device_train_batch_size: 8
+  num_train_epochs: {type: int, low: 1, high: 2}
+  warmup_ratio: 0.0
+"""
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+def write_glue_tsv(path: Path, rows, header: str = GLUE_HEADER) -> Path:
+    """GLUE MRPC layout: label, two ids, two sentences; UTF-8 with BOM, no quoting."""
+    lines = [header] + [
+        f"{label}\t{1000 + 2 * i}\t{1001 + 2 * i}\t{s1}\t{s2}" for i, (s1, s2, label) in enumerate(rows)
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8-sig")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def _hermetic(monkeypatch):
+    """No outside tracking server or data folder leaks in; MLflow's per-URI caches start empty.
+
+    MLflow caches a store and a SQLAlchemy engine per URI string. The sweep's default
+    ``sqlite:///mlruns/mlflow.db`` is relative, so without this a test in a new working
+    directory would keep talking to the previous test's database.
+    """
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("RUNNER_DATA_DIR", raising=False)
+    _reset_mlflow_stores()
+    yield
+    _reset_mlflow_stores()
+
+
+def _reset_mlflow_stores() -> None:
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
+
+    for engine in SqlAlchemyStore._engine_map.values():
+        engine.dispose()
+    SqlAlchemyStore._engine_map.clear()
+    TrackingStoreRegistry._get_store_with_resolved_uri.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def train_pairs():
+    return list(TRAIN_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def dev_pairs():
+    return list(DEV_PAIRS)
+
+
+@pytest.fixture(scope="session")
+def glue_tsv():
+    """``glue_tsv(path, rows)`` writes (sentence1, sentence2, label) rows as a GLUE MRPC TSV."""
+    return write_glue_tsv
+
+
+@pytest.fixture(scope="session")
+def mrpc_dir(tmp_path_factory) -> Path:
+    """A data folder as GLUE ships MRPC: train.tsv and dev.tsv."""
+    folder = tmp_path_factory.mktemp("mrpc")
+    write_glue_tsv(folder / "train.tsv", TRAIN_PAIRS)
+    write_glue_tsv(folder / "dev.tsv", DEV_PAIRS)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    """A randomly initialised 2-layer BERT (hidden 32) and a WordPiece tokenizer over our words."""
+    import transformers
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    words = sorted({w for s1, s2, _ in PAIRS for w in re.findall(r"\w+|[^\w\s]", f"{s1} {s2}".lower())})
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n", encoding="utf-8")
+    tokenizer = BertTokenizerFast(vocab=str(vocab), do_lower_case=True)
+    transformers.set_seed(0)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    assert tokenizer.unk_token_id not in tokenizer(*PAIRS[0][:2])["input_ids"], "vocab.txt was not read"
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def tiny_tokenizer(tiny_model):
+    from runner.model import load_tokenizer
+
+    return load_tokenizer(str(tiny_model))
+
+
+@dataclass
+class SweepResult:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def sweep_yaml(tmp_path) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(SWEEP_YAML, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def run_sweep(tmp_path, monkeypatch, capsys, sweep_yaml, tiny_model, mrpc_dir):
+    """Call ``runner.sweep.main`` in-process from ``tmp_path`` (so the default stores land there).
+
+    ``run_sweep("--trials", "3")`` adds flags to the test's config, data, tiny model and
+    ``--no-system-metrics``; later flags win.
+    """
+    from runner.sweep import main
+
+    monkeypatch.chdir(tmp_path)
+
+    def run(*extra: str) -> SweepResult:
+        args = ["--config", str(sweep_yaml), "--data-dir", str(mrpc_dir), "--model", str(tiny_model)]
+        args += ["--no-system-metrics", *extra]
+        capsys.readouterr()
+        code = main(args)
+        out, err = capsys.readouterr()
+        return SweepResult(code, out, err)
+
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+    yield run
+    signal.signal(signal.SIGTERM, sigterm)
+
+
+@pytest.fixture(scope="session")
+def _empty_mlflow_db(tmp_path_factory) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()
+    _reset_mlflow_stores()  # close the connections before the file is copied
+    return path
+
+
+@pytest.fixture
+def premade_mlflow_db(tmp_path, _empty_mlflow_db):
+    """Start from an empty MLflow database (schema only), as the first sweep would create it.
+
+    Creating MLflow's schema takes seconds on a busy machine; tests that are not about a
+    fresh store use a copy. test_sweep_records_everything covers creating it from nothing.
+    """
+    (tmp_path / "mlruns").mkdir(exist_ok=True)
+    shutil.copyfile(_empty_mlflow_db, tmp_path / "mlruns" / "mlflow.db")
+
+
+@pytest.fixture
+def store(tmp_path):
+    """Read back what a sweep run from ``tmp_path`` recorded (MLflow and Optuna)."""
+    return Stores(tmp_path)
+
+
+class Stores:
+    """MLflow runs (sorted by trial number) and Optuna studies under ``<root>/mlruns``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+
+    @property
+    def client(self):
+        from mlflow.tracking import MlflowClient
+
+        return MlflowClient(f"sqlite:///{self.root / 'mlruns' / 'mlflow.db'}")
+
+    def runs(self, study: str = "tiny", role: str | None = None):
+        experiment = self.client.get_experiment_by_name(study)
+        if experiment is None:
+            return []
+        query = f"tags.`runner.role` = '{role}'" if role else ""
+        runs = self.client.search_runs([experiment.experiment_id], filter_string=query, max_results=1000)
+        return sorted(runs, key=lambda r: int(r.data.tags.get("optuna.trial_number", -1)))
+
+    def parent(self, study: str = "tiny"):
+        (run,) = self.runs(study, "study")
+        return run
+
+    def children(self, study: str = "tiny"):
+        return self.runs(study, "trial")
+
+    def study(self, name: str = "tiny"):
+        import optuna
+
+        return optuna.load_study(study_name=name, storage=f"sqlite:///{self.root / 'mlruns' / 'optuna.db'}")
+
+    def artifacts(self, run) -> set[str]:
+        return {f.path for f in self.client.list_artifacts(run.info.run_id)}

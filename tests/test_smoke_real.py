@@ -1,0 +1,49 @@
+"""The install check on the real default model and real MRPC: `--config sweeps/smoke.yaml --trials 3`.
+
+Needs the MRPC folder (RUNNER_DATA_DIR, else ../shared/data/mrpc next to the repo); skipped without it.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import transformers
+from mlflow.tracking import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(os.environ.get("RUNNER_DATA_DIR") or REPO.parent / "shared" / "data" / "mrpc")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (DATA / "train.tsv").is_file(), reason=f"MRPC not found at {DATA} (set RUNNER_DATA_DIR)")
+def test_smoke_sweep_end_to_end(tmp_path):
+    command = [sys.executable, "-m", "runner.sweep", "--config", str(REPO / "sweeps" / "smoke.yaml"), "--trials", "3"]
+    proc = subprocess.run(
+        [*command, "--data-dir", str(DATA), "--no-system-metrics"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "trials: 3 complete" in proc.stdout
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("mrpc-smoke")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("runner.role") == "study"]
+    children = [r for r in runs if r.data.tags.get("runner.role") == "trial"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert {r.data.params["train_samples"] for r in children} == {"256"}
+
+    classify = transformers.pipeline("text-classification", model=str(tmp_path / "mlruns" / "best" / "mrpc-smoke"))
+    scored = classify({"text": "The bank raised its rates.", "text_pair": "Rates were raised by the bank."})
+    assert scored["label"] in {"equivalent", "not_equivalent"}
+    assert 0.0 <= scored["score"] <= 1.0

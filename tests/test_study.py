@@ -1,0 +1,112 @@
+"""runner.study and runner.progress units: failure guard, pruner, study creation, progress counting."""
+
+from __future__ import annotations
+
+import logging
+
+import optuna
+import pytest
+
+from runner.config import ConfigError, SweepConfig
+from runner.progress import SweepProgress
+from runner.study import FailureGuard, check_storage_url, make_pruner, make_study
+
+
+def failing_study(guard: FailureGuard, n_trials: int, fail_every: int = 1) -> optuna.Study:
+    """Run ``n_trials`` where every ``fail_every``-th trial raises, with ``guard`` as a callback."""
+    study = optuna.create_study()
+
+    def objective(trial):
+        if trial.number % fail_every == 0:
+            trial.set_user_attr("error", f"RuntimeError: boom {trial.number % 2}")
+            raise RuntimeError("boom")
+        return 1.0
+
+    study.optimize(objective, n_trials=n_trials, callbacks=[guard], catch=(RuntimeError,))
+    return study
+
+
+def test_failure_guard_stops_after_three_failures():
+    guard = FailureGuard(0.5)
+    study = failing_study(guard, n_trials=10)
+    assert len(study.trials) == 3
+    assert guard.tripped
+    assert guard.common_error() == "RuntimeError: boom 0"  # two of the three
+
+
+def test_failure_guard_tolerates_a_low_failure_rate():
+    guard = FailureGuard(0.5)
+    study = failing_study(guard, n_trials=9, fail_every=3)  # trials 0, 3, 6 fail: 3 of 9
+    assert len(study.trials) == 9
+    assert not guard.tripped
+
+
+def test_failure_guard_at_rate_one_stops_when_every_trial_fails():
+    guard = FailureGuard(1.0)
+    study = failing_study(guard, n_trials=10)
+    assert len(study.trials) == 3
+    assert guard.tripped
+
+
+def _cfg(**study) -> SweepConfig:
+    return SweepConfig.model_validate({"study": study})
+
+
+def test_median_pruner_waits_for_the_warmup_epochs():
+    """With pruner_warmup_epochs=1 a weak trial is not pruned at epoch 1, and is at epoch 2."""
+    pruner = make_pruner(_cfg(pruner="median", pruner_startup_trials=1, pruner_warmup_epochs=1))
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    good = study.ask()
+    for epoch in (1, 2, 3):
+        good.report(0.9, step=epoch)
+    study.tell(good, 0.9)
+    weak = study.ask()
+    weak.report(0.1, step=1)
+    assert not weak.should_prune()
+    weak.report(0.1, step=2)
+    assert weak.should_prune()
+
+
+def test_other_pruners():
+    cfg = SweepConfig.model_validate(
+        {"study": {"pruner": "hyperband"}, "search_space": {"num_train_epochs": {"type": "int", "low": 1, "high": 4}}}
+    )
+    hyperband = make_pruner(cfg)
+    assert isinstance(hyperband, optuna.pruners.HyperbandPruner)
+    assert hyperband._max_resource == 4
+    assert isinstance(make_pruner(_cfg(pruner="none")), optuna.pruners.NopPruner)
+
+
+def test_existing_study_with_another_direction_is_a_config_error(tmp_path):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    make_study(_cfg(name="s", storage=storage, direction="maximize"))
+    assert make_study(_cfg(name="s", storage=storage, direction="maximize")).study_name == "s"
+    with pytest.raises(ConfigError, match="already exists with direction maximize"):
+        make_study(_cfg(name="s", storage=storage, direction="minimize"))
+
+
+@pytest.mark.parametrize("url", ["nosuchdb://x/y", "not a url", "postgresql+nosuchdriver://h/db"])
+def test_bad_storage_url_is_a_config_error(url):
+    with pytest.raises(ConfigError, match="storage"):
+        check_storage_url(url)
+
+
+def test_progress_counts_finished_trials_and_tracks_the_best(caplog):
+    progress = SweepProgress(total=4, done=1, metric="eval_f1", maximize=True)
+    progress.set_best(0.5, 0)
+    with caplog.at_level(logging.INFO, logger="runner"):
+        progress.trial_finished(1, "COMPLETE", 0.7)
+        progress.trial_finished(2, "FAIL", None)
+        progress.trial_finished(3, "PRUNED", None, " at epoch 1")
+        progress.trial_finished(4, "COMPLETE", 0.6)
+    assert progress.done == 4  # 1 before + 2 complete + 1 pruned; the failure does not count
+    assert progress.best == (0.7, 1)
+    assert "[4/4 done]" in caplog.records[-1].getMessage()
+    assert "best eval_f1=0.7000 (trial 1)" in caplog.records[-1].getMessage()
+
+
+def test_progress_minimize():
+    progress = SweepProgress(total=2, done=0, metric="eval_loss", maximize=False)
+    progress.trial_finished(0, "COMPLETE", 0.6)
+    progress.trial_finished(1, "COMPLETE", 0.4)
+    assert progress.best == (0.4, 1)
