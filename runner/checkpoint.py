@@ -62,12 +62,12 @@ class BestCheckpoint:
         tokenizer.save_pretrained(staging)
         (staging / "runner_config.yaml").write_text(config_yaml, encoding="utf-8")
         (staging / INFO_FILE).write_text(json.dumps({**info, "value": value}, indent=2, default=str), encoding="utf-8")
-        _replace_dir(staging, self.path)
+        replace_dir(staging, self.path)
         log.info("new best model (%.4f) saved to %s", value, self.path)
         return True
 
 
-def _replace_dir(src: Path, dst: Path) -> None:
+def replace_dir(src: Path, dst: Path) -> None:
     """Swap ``src`` into ``dst``; the old folder is removed only once the new one is in place."""
     old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
     dst.parent.mkdir(parents=True, exist_ok=True)

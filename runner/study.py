@@ -17,7 +17,8 @@ from optuna.trial import TrialState
 
 from runner import artifacts, worker
 from runner.checkpoint import BestCheckpoint
-from runner.config import ConfigError, SweepConfig, to_yaml
+from runner.cli import WorkFailed
+from runner.config import ConfigError, SweepConfig, TrackingConfig, to_yaml
 from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
 from runner.model import load_tokenizer, resolve_model
 from runner.objective import Objective
@@ -31,7 +32,7 @@ log = logging.getLogger("runner")
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-class SweepFailed(RuntimeError):
+class SweepFailed(WorkFailed):
     """The sweep could not do its work (exit 1)."""
 
 
@@ -282,24 +283,6 @@ def _run_id_of(tracker: Tracker, study: optuna.Study, number: int) -> str:
     return runs[0].info.run_id if runs else ""
 
 
-def quiet_libraries() -> None:
-    """Library chatter (warnings, progress bars, INFO logs) off; ``--debug`` keeps it."""
-    import warnings
-
-    import datasets
-    import transformers
-
-    # Experimental-API notices and schema hints are for us, not for sweep users.
-    warnings.simplefilter("ignore")
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    transformers.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-    datasets.logging.set_verbosity_error()
-    datasets.disable_progress_bars()
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "huggingface_hub"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
 def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpoint) -> None:
     """The trials table and where to look next, on stdout."""
     table = artifacts.trials_table(study)
@@ -310,6 +293,12 @@ def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpo
     if states.get("COMPLETE"):
         best = study.best_trial
         out.write(f"best: trial {best.number}, {cfg.study.metric}={best.value:.4f}, params {best.params}\n")
-        out.write(f"best model: {checkpoint.path}\n")
-    uri = cfg.tracking.tracking_uri
-    out.write(f"compare the runs: mlflow ui --backend-store-uri {uri}  (experiment {cfg.study.name!r})\n")
+        out.write(f"best model: {checkpoint.path}  (ship it: python -m runner.export --study {cfg.study.name})\n")
+    flags = (
+        ""
+        if cfg.tracking.tracking_uri == TrackingConfig().tracking_uri
+        else f" --tracking-uri {cfg.tracking.tracking_uri}"
+    )
+    out.write(
+        f"compare the runs: python -m runner.ui{flags}  or  python -m runner.report --study {cfg.study.name}{flags}\n"
+    )

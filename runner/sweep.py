@@ -15,6 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
+from runner.cli import run_command
 from runner.config import ConfigError, SweepConfig, load_config, parse_override
 
 log = logging.getLogger("runner")
@@ -93,34 +94,20 @@ def _on_sigterm(signum, frame):
     raise KeyboardInterrupt
 
 
-def setup_logging() -> None:
-    """Our progress at INFO on stderr, with a clock."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
-
-
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-    setup_logging()
     signal.signal(signal.SIGTERM, _on_sigterm)
-    try:
-        cfg = resolve_config(args)
-        from runner.study import SweepFailed, quiet_libraries, run_sweep
 
-        if not args.debug:
-            quiet_libraries()
+    def work() -> int:
+        cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
+        from runner.study import run_sweep
+
         return run_sweep(cfg, args.data_dir)
-    except ConfigError as err:
-        if args.debug:
-            raise
-        print(f"runner.sweep: error: {err}", file=sys.stderr)
-        return 2
-    except SweepFailed as err:
-        print(f"runner.sweep: {err}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("runner.sweep: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+
+    return run_command(
+        "runner.sweep", work, args.debug, on_interrupt="interrupted; run the same command again to resume"
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,19 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
         )
 
 
+def absolute_sqlite_uri(uri: str) -> str:
+    """``sqlite:///rel/path.db`` -> ``sqlite:////abs/rel/path.db``; other URIs unchanged.
+
+    MLflow caches one store per URI string in a process, so a relative path would keep
+    pointing at the database of whichever working directory used it first.
+    """
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        db = uri.removeprefix("sqlite:///")
+        if db and db != ":memory:":
+            return f"sqlite:///{Path(db).resolve()}"
+    return uri
+
+
 def _artifact_uri(location: str) -> str:
     return location if urlparse(location).scheme not in ("", "file") else Path(location).resolve().as_uri()
 
@@ -59,6 +72,7 @@ class Tracker:
     """One study's MLflow experiment: a parent run for the study, a child run per trial."""
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str, system_metrics: bool = True):
+        tracking_uri = absolute_sqlite_uri(tracking_uri)
         url = urlparse(tracking_uri)
         if url.scheme == "sqlite" and url.path.removeprefix("/") not in ("", ":memory:"):
             Path(url.path.removeprefix("/")).parent.mkdir(parents=True, exist_ok=True)
@@ -227,3 +241,203 @@ def _tag(key: str, value: Any) -> RunTag:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# =====================================================================================
+# Compare and ship: export, registry, predict, report, UI.
+# Used by runner.export / predict / report / ui. Every function takes the tracking URI
+# explicitly, and none of them changes the status or end time of an existing run.
+# =====================================================================================
+
+DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+CHAMPION_ALIAS = "champion"
+MODEL_ARTIFACT_NAME = "model"
+# What the exported model needs at serving time. Listed explicitly: MLflow's inference
+# imports torchvision, which has no CPU build here (see STACK.md).
+SERVING_PACKAGES = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "accelerate")
+
+
+def resolve_tracking_uri(cli_value: str | None = None) -> str:
+    """``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > the project's store, as ``runner.sweep`` does.
+
+    A relative SQLite path is made absolute: MLflow caches stores by URI string, so a relative
+    one would keep pointing at the first working directory's database.
+    """
+    import os
+
+    return absolute_sqlite_uri(cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+
+
+def check_store_exists(tracking_uri: str) -> None:
+    """Fail in one line when the store is unusable or, for SQLite, was never created by a sweep.
+
+    Without this, MLflow would create an empty database and report "no such experiment".
+    """
+    check_reachable(tracking_uri)
+    url = urlparse(tracking_uri)
+    if url.scheme == "sqlite":
+        db = tracking_uri.removeprefix("sqlite:///")
+        if db and db != ":memory:" and not Path(db).is_file():
+            raise TrackingError(f"no MLflow tracking store at {db}: run a sweep first, or pass --tracking-uri")
+
+
+def _client(tracking_uri: str) -> MlflowClient:
+    return MlflowClient(tracking_uri, registry_uri=tracking_uri)
+
+
+def study_experiment_id(tracking_uri: str, study: str) -> str:
+    """The experiment id of a study; an unknown study is a TrackingError naming the known ones."""
+    client = _client(tracking_uri)
+    found = client.get_experiment_by_name(study)
+    if found is None:
+        known = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        hint = f" (known: {', '.join(known)})" if known else " (the store holds no study yet)"
+        raise TrackingError(f"no MLflow experiment for study {study!r}{hint}")
+    return found.experiment_id
+
+
+def find_trial_run(tracking_uri: str, study: str, trial_number: int) -> str | None:
+    """The run id of one trial of a study, or None."""
+    client = _client(tracking_uri)
+    runs = client.search_runs(
+        [study_experiment_id(tracking_uri, study)],
+        filter_string=f"tags.`runner.role` = 'trial' and tags.`optuna.trial_number` = '{trial_number}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
+def study_data_source(tracking_uri: str, study: str) -> str | None:
+    """The local data folder the study's sweep trained on (from its dataset inputs), if any."""
+    import json
+
+    client = _client(tracking_uri)
+    runs = client.search_runs(
+        [study_experiment_id(tracking_uri, study)], filter_string="tags.`runner.role` = 'study'", max_results=1
+    )
+    for dataset_input in runs[0].inputs.dataset_inputs if runs else []:
+        try:
+            uri = json.loads(dataset_input.dataset.source).get("uri")
+        except (ValueError, AttributeError):
+            continue
+        if uri and Path(uri).is_dir():
+            return uri
+    return None
+
+
+def log_run_metrics(tracking_uri: str, run_id: str, metrics: dict[str, float]) -> None:
+    """Add metrics (step 0) to a finished run without reopening it."""
+    now = _now_ms()
+    _client(tracking_uri).log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
+
+
+def serving_requirements() -> list[str]:
+    """Pinned pip requirements of the exported model (local version suffixes such as +cpu dropped)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for package in SERVING_PACKAGES:
+        try:
+            pins.append(f"{package}=={version(package).split('+')[0]}")
+        except PackageNotFoundError:
+            continue
+    return pins
+
+
+def text_pair_signature():
+    """Inputs ``text`` and ``text_pair``: with MLflow's default signature the second sentence is dropped."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema
+
+    return ModelSignature(
+        inputs=Schema([ColSpec("string", "text"), ColSpec("string", "text_pair")]),
+        outputs=Schema([ColSpec("string", "label"), ColSpec("double", "score")]),
+    )
+
+
+def find_model_version(tracking_uri: str, name: str, run_id: str) -> str | None:
+    """The newest version of registered model ``name`` that came from ``run_id``, or None."""
+    client = _client(tracking_uri)
+    if not client.search_registered_models(filter_string=f"name = '{_quote(name)}'"):
+        return None
+    versions = client.search_model_versions(f"name = '{_quote(name)}' and run_id = '{run_id}'")
+    return str(max(int(v.version) for v in versions)) if versions else None
+
+
+def log_and_register(tracking_uri: str, run_id: str, folder: Path, name: str, tags: dict[str, Any]) -> str:
+    """Log ``folder`` as an MLflow transformers model under ``run_id`` and register it; returns the version."""
+    import mlflow.transformers
+    import transformers
+    from huggingface_hub import ModelCard
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    # The logged model belongs to the active experiment, not to run_id's: make them the same.
+    mlflow.set_experiment(experiment_id=_client(tracking_uri).get_run(run_id).info.experiment_id)
+    # A pipeline object: MLflow 3.17 cannot build a flavor config from a folder path with transformers 5.
+    classifier = transformers.pipeline("text-classification", model=str(folder))
+    card = folder / "README.md"
+    info = mlflow.transformers.log_model(
+        transformers_model=classifier,
+        name=MODEL_ARTIFACT_NAME,
+        task="text-classification",
+        # Our card; without one MLflow tries to fetch the base model's card from the Hub.
+        model_card=ModelCard(card.read_text(encoding="utf-8")) if card.is_file() else None,
+        signature=text_pair_signature(),
+        pip_requirements=serving_requirements(),
+        run_id=run_id,  # passed on to Model.log: logs under the trial's run without reopening it
+        tags={k: str(v) for k, v in tags.items()},
+    )
+    version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    return str(version.version)
+
+
+def set_champion(tracking_uri: str, name: str, version: str) -> str | None:
+    """Point the ``champion`` alias at ``version``; returns the version it pointed at before."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        previous: str | None = str(client.get_model_version_by_alias(name, CHAMPION_ALIAS).version)
+    except MlflowException:
+        previous = None
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, version)
+    return previous
+
+
+def load_pipeline(model_uri: str, tracking_uri: str):
+    """A transformers pipeline from a ``models:/`` or ``runs:/`` URI; unknown models are a TrackingError."""
+    import mlflow.transformers
+    from mlflow.exceptions import MlflowException
+
+    mlflow.set_tracking_uri(tracking_uri)
+    mlflow.set_registry_uri(tracking_uri)
+    try:
+        return mlflow.transformers.load_model(model_uri)
+    except MlflowException as err:
+        raise TrackingError(f"cannot load {model_uri}: {str(err).strip().splitlines()[0]}") from None
+
+
+def search_trial_runs(tracking_uri: str, study: str):
+    """All trial runs of a study as a pandas DataFrame (``mlflow.search_runs``), one row per run."""
+    experiment_id = study_experiment_id(tracking_uri, study)
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string="tags.`runner.role` = 'trial'", output_format="pandas"
+    )
+
+
+def searched_param_names(tracking_uri: str, study: str) -> list[str] | None:
+    """The searched hyperparameters, as the study run records them (tags ``best_trial.params.*``), or None."""
+    runs = _client(tracking_uri).search_runs(
+        [study_experiment_id(tracking_uri, study)], filter_string="tags.`runner.role` = 'study'", max_results=1
+    )
+    if not runs:
+        return None
+    prefix = "best_trial.params."
+    names = [k.removeprefix(prefix) for k in runs[0].data.tags if k.startswith(prefix)]
+    return sorted(names) or None
+
+
+def _quote(value: str) -> str:
+    return value.replace("'", "\\'")

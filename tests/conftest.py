@@ -122,7 +122,16 @@ def _hermetic(monkeypatch):
 
 
 def _reset_mlflow_stores() -> None:
+    import mlflow
     from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+    from mlflow.tracking import fluent
+
+    # Export and report point MLflow's fluent API (URIs, experiment) at a test's store.
+    mlflow.set_tracking_uri(None)
+    mlflow.set_registry_uri(None)
+    fluent._active_experiment_id = None
+    for name in ("MLFLOW_REGISTRY_URI", "MLFLOW_EXPERIMENT_ID"):
+        os.environ.pop(name, None)
     from mlflow.tracking._tracking_service.registry import TrackingStoreRegistry
 
     for engine in SqlAlchemyStore._engine_map.values():

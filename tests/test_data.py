@@ -54,6 +54,14 @@ def test_test_split_is_loaded_when_present(mrpc_dir, tmp_path, glue_tsv, dev_pai
     assert load_mrpc(DataConfig(), str(tmp_path), seed=0).sizes()["test"] == 5
 
 
+def test_unlabelled_test_split_is_dropped(tmp_path, train_pairs, dev_pairs):
+    """GLUE's own test split hides its labels as -1: it is dropped, not rejected as bad labels."""
+    frame(train_pairs).to_json(tmp_path / "train.json", orient="records")
+    frame(dev_pairs).to_json(tmp_path / "validation.json", orient="records")
+    frame([(s1, s2, -1) for s1, s2, _ in dev_pairs]).to_json(tmp_path / "test.json", orient="records")
+    assert "test" not in load_mrpc(DataConfig(), str(tmp_path), seed=0).sizes()
+
+
 # (folder, train rows, dev rows): None writes no file; extra rows are added to our pairs.
 BAD_DATA = {
     "missing-folder": ("missing", [], []),

@@ -84,7 +84,7 @@ def test_sweep_records_everything(run_sweep, store, tmp_path, tiny_model):
 
     assert "trials: 3 complete" in result.out
     assert f"best: trial {best.number}" in result.out
-    assert "learning_rate" in result.out and "mlflow ui" in result.out
+    assert "learning_rate" in result.out and "runner.ui" in result.out and "runner.export" in result.out
 
 
 @pytest.mark.usefixtures("premade_mlflow_db")

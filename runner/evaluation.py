@@ -1,0 +1,69 @@
+"""Score a saved model folder on MRPC splits, exactly as the sweep scored it during training.
+
+Same data slice (the resolved config's seed and sizes), same tokenization, same
+evaluation batch size and precision, same metric module: a folder that holds the
+weights a trial recorded reproduces that trial's numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from datasets import DatasetDict
+
+from runner.config import SweepConfig
+from runner.data import DataError, MrpcData, load_mrpc, tokenize
+from runner.train import resolve_precision, training_arguments
+
+log = logging.getLogger("runner")
+
+
+def load_eval_data(cfg: SweepConfig, data_dir: str | None, with_test: bool) -> tuple[MrpcData, dict[str, int]]:
+    """Validation (sliced as in the sweep) and, when asked, the labelled test split; and every split's size."""
+    data = load_mrpc(cfg.data, data_dir, seed=cfg.train.seed)
+    keep = ["validation", "test"] if with_test else ["validation"]
+    if with_test and "test" not in data.splits:
+        raise DataError(f"{data.source}: no labelled test split (expected a test file) for --eval-split test")
+    return MrpcData(splits=DatasetDict({name: data.splits[name] for name in keep}), source=data.source), data.sizes()
+
+
+def _runnable(precision: str) -> str:
+    """The recorded precision if this machine can run it, else fp32 (with a warning: numbers may differ)."""
+    if precision == "fp32" or precision == resolve_precision(True):
+        return precision
+    log.warning("the trial ran in %s, which this machine cannot run: evaluating in fp32", precision)
+    return "fp32"
+
+
+def evaluate_folder(folder: Path, cfg: SweepConfig, data: MrpcData, precision: str, with_test: bool) -> dict:
+    """``{"validation": {eval_f1, eval_accuracy, eval_loss}, "test": {test_f1, ...}}`` for the model in ``folder``."""
+    from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PrinterCallback, Trainer
+
+    from runner.metrics import compute_metrics
+    from runner.model import load_tokenizer
+
+    tokenizer = load_tokenizer(str(folder))
+    model = AutoModelForSequenceClassification.from_pretrained(folder)
+    tokenized = tokenize(data, tokenizer, cfg.model.max_length)
+    precision = _runnable(precision)
+    scores: dict[str, dict[str, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="runner-eval-") as tmp:
+        trainer = Trainer(
+            model=model,
+            args=training_arguments(cfg.hyperparameters, cfg.train, tmp, precision),
+            eval_dataset=tokenized["validation"],
+            processing_class=tokenizer,
+            data_collator=DataCollatorWithPadding(tokenizer),
+            compute_metrics=compute_metrics,
+        )
+        trainer.remove_callback(PrinterCallback)
+        for split, prefix in (("validation", "eval"), ("test", "test")):
+            if split == "test" and not with_test:
+                continue
+            log.info("evaluating %s on %s (%d pairs, %s)", folder.name, split, len(tokenized[split]), precision)
+            metrics = trainer.evaluate(tokenized[split], metric_key_prefix=prefix)
+            keep = (f"{prefix}_f1", f"{prefix}_accuracy", f"{prefix}_loss")
+            scores[split] = {k: float(metrics[k]) for k in keep if k in metrics}
+    return scores

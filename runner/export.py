@@ -1,0 +1,245 @@
+"""``python -m runner.export``: a study's best trial -> a self-contained model folder and a registered MLflow model.
+
+The sweep already keeps the best trial's best epoch in ``mlruns/best/<study>/``.
+Export copies it into a staging folder, adds the label names, metrics.json and a
+model card, re-evaluates the staged folder on validation (and test when asked)
+and compares with what the sweep recorded, then swaps it into place in one
+rename. Only then is it logged under the trial's MLflow run, registered, and the
+``champion`` alias pointed at it; re-exporting the same trial reuses its version.
+
+Exit codes: 0 exported; 1 the work failed (re-evaluation mismatch, stale model
+folder, MLflow error); 2 bad input (unknown study, no complete trial, no data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from runner.cli import WorkFailed, run_command
+from runner.config import ConfigError
+
+log = logging.getLogger("runner")
+
+DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
+DEFAULT_BEST_DIR = "mlruns/best"
+# Re-evaluated metrics may differ from the recorded ones by float rounding only.
+TOLERANCE = {"eval_f1": 1e-4, "eval_accuracy": 1e-4, "eval_loss": 1e-3}
+
+
+class ExportFailed(WorkFailed):
+    """The export could not be completed or verified (exit 1)."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Command-line flags."""
+    p = argparse.ArgumentParser(
+        prog="python -m runner.export",
+        description="Export a study's best trial: model folder (safetensors, tokenizer, config, metrics, model card), "
+        "verified by re-evaluation, logged to MLflow and registered with the alias 'champion'.",
+    )
+    p.add_argument("--study", required=True, help="study name (the MLflow experiment)")
+    p.add_argument("--out", help="output folder (default mlruns/best/<study>, where the sweep keeps the best model)")
+    p.add_argument("--register", metavar="MODEL_NAME", help="registered model name (default: the study name)")
+    p.add_argument(
+        "--eval-split",
+        choices=["validation", "test"],
+        default="validation",
+        help="'test' also scores the labelled test split and logs test_accuracy/test_f1 on the trial's run",
+    )
+    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
+    p.add_argument(
+        "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
+    )
+    p.add_argument("--data-dir", help="local MRPC folder (default: RUNNER_DATA_DIR, else the folder the sweep used)")
+    p.add_argument(
+        "--best-dir", default=DEFAULT_BEST_DIR, help="where the sweep kept best models (default %(default)s)"
+    )
+    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
+    return p
+
+
+def load_study(storage_url: str, study_name: str):
+    """The study, which must exist and have a complete trial (else a ConfigError)."""
+    import optuna
+
+    from runner.study import check_storage_url, open_storage
+
+    check_storage_url(storage_url)
+    db = storage_url.removeprefix("sqlite:///") if storage_url.startswith("sqlite:///") else None
+    if db and not Path(db).is_file():
+        raise ConfigError(f"no Optuna storage at {db}: run a sweep first, or pass --storage")
+    storage = open_storage(storage_url)
+    names = optuna.study.get_all_study_names(storage)
+    if study_name not in names:
+        known = f" (known: {', '.join(sorted(names))})" if names else ""
+        raise ConfigError(f"unknown study {study_name!r} in {storage_url}{known}")
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    states = [t.state.name.lower() for t in study.trials]
+    if "complete" not in states:
+        summary = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
+        raise ConfigError(f"study {study_name!r} has no complete trial ({summary}): nothing to export")
+    return study
+
+
+def saved_trial(source: Path, study):
+    """The trial whose model the sweep kept in ``source`` (the best, or one tied with it) and its trial.json."""
+    from runner.checkpoint import INFO_FILE
+
+    try:
+        info = json.loads((source / INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"no saved model for this study in {source} (missing {INFO_FILE}): pass --best-dir") from None
+    best = study.best_trial
+    number = info.get("trial")
+    if number != best.number and not (isinstance(number, int) and study.trials[number].value == best.value):
+        raise ExportFailed(
+            f"{source} holds trial {number} ({info.get('value')}) but the study's best is trial "
+            f"{best.number} ({best.value}): the folder is stale"
+        )
+    return study.trials[number], info
+
+
+def stage(source: Path, out: Path) -> Path:
+    """Copy the best model next to ``out`` under a hidden name, with the MRPC label names in its config."""
+    from runner.data import LABEL_NAMES
+
+    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(source, staging)
+    config_path = staging / "config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["id2label"] = {str(i): name for i, name in enumerate(LABEL_NAMES)}
+    config["label2id"] = {name: i for i, name in enumerate(LABEL_NAMES)}
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return staging
+
+
+def previous_test_scores(out: Path, record) -> dict[str, float]:
+    """Test scores a previous export of the same trial wrote, so a plain re-export keeps them."""
+    try:
+        previous = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    same = previous.get("run_id") == record.run_id and previous.get("trial") == record.trial
+    return dict(previous.get("test", {})) if same else {}
+
+
+def compare(recorded: dict[str, float], measured: dict[str, float]) -> list[str]:
+    """Metrics whose re-evaluated value differs from the recorded one beyond rounding."""
+    return [
+        f"{key} {measured[key]:.6f} vs recorded {recorded[key]:.6f}"
+        for key, tolerance in TOLERANCE.items()
+        if key in recorded and key in measured and abs(measured[key] - recorded[key]) > tolerance
+    ]
+
+
+def run_export(args: argparse.Namespace) -> int:
+    """Export, verify, publish, register; raises ConfigError (exit 2) or ExportFailed (exit 1)."""
+    from runner import evaluation, modelcard, tracking
+    from runner.checkpoint import replace_dir
+    from runner.config import load_config
+    from runner.data import resolve_data_dir
+
+    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
+    tracking.check_store_exists(tracking_uri)
+    study = load_study(args.storage, args.study)
+    source = Path(args.best_dir) / args.study
+    out = Path(args.out) if args.out else source
+    trial, info = saved_trial(source, study)
+    run_id = tracking.find_trial_run(tracking_uri, args.study, trial.number)
+    if run_id is None:
+        raise ConfigError(f"the tracking store {tracking_uri} has no run for trial {trial.number} of {args.study!r}")
+    cfg = load_config(source / "runner_config.yaml")
+    data_dir = resolve_data_dir(cfg.data, args.data_dir) or tracking.study_data_source(tracking_uri, args.study)
+    log.info(
+        "study %r: best trial %d (%s=%.4f), run %s", args.study, trial.number, cfg.study.metric, trial.value, run_id
+    )
+
+    data, sizes = evaluation.load_eval_data(cfg, data_dir, args.eval_split == "test")
+    record = modelcard.ExportRecord(
+        study=args.study,
+        trial=trial.number,
+        epoch=info.get("epoch"),
+        run_id=run_id,
+        metric=cfg.study.metric,
+        value=float(trial.value),
+        params=dict(trial.params),
+        precision=trial.user_attrs.get("precision", "fp32"),
+        recorded={k: float(v) for k, v in trial.user_attrs.get("best_metrics", {}).items()},
+        data_source=data.source,
+        data_sizes=sizes,
+        data_dir=data_dir,
+    )
+    record.recorded.setdefault(cfg.study.metric, float(trial.value))
+    staging = stage(source, out)
+    try:
+        scores = evaluation.evaluate_folder(staging, cfg, data, record.precision, args.eval_split == "test")
+        record.validation = scores["validation"]
+        record.test = scores.get("test") or previous_test_scores(out, record)
+        modelcard.write_metrics(record, staging)
+        modelcard.write_model_card(record, cfg, staging, out)
+        mismatches = compare(record.recorded, record.validation)
+        if mismatches:
+            raise ExportFailed(
+                f"re-evaluating the exported model on validation does not match the sweep: {'; '.join(mismatches)}"
+            )
+        replace_dir(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("exported to %s", out)
+    return publish(args, tracking_uri, record, out)
+
+
+def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> int:
+    """Log test metrics, log and register the model (once per trial), move the alias; print the summary."""
+    from runner import tracking
+
+    name = args.register or args.study
+    if args.eval_split == "test":
+        tracking.log_run_metrics(
+            tracking_uri, record.run_id, {k: v for k, v in record.test.items() if k != "test_loss"}
+        )
+    version = tracking.find_model_version(tracking_uri, name, record.run_id)
+    created = version is None
+    if created:
+        log.info("logging the model under run %s and registering it as %r", record.run_id, name)
+        tags = {"runner.study": record.study, "runner.trial": record.trial, f"runner.{record.metric}": record.value}
+        version = tracking.log_and_register(tracking_uri, record.run_id, out, name, tags)
+    previous = tracking.set_champion(tracking_uri, name, version)
+
+    out_ = sys.stdout
+    out_.write(
+        f"exported trial {record.trial} of study {record.study!r} ({record.metric}={record.value:.4f}) to {out}\n"
+    )
+    val = record.validation
+    out_.write(
+        f"validation: f1 {val.get('eval_f1', float('nan')):.4f}, accuracy {val.get('eval_accuracy', float('nan')):.4f} "
+        "(matches the sweep's record)\n"
+    )
+    if record.test:
+        when = "" if args.eval_split == "test" else " (scored by an earlier export of this trial)"
+        out_.write(f"test: f1 {record.test['test_f1']:.4f}, accuracy {record.test['test_accuracy']:.4f}{when}\n")
+    moved = "unchanged" if previous == version else f"moved from version {previous}" if previous else "set"
+    state = "new" if created else "existing, same trial"
+    out_.write(f"registered model {name!r} version {version} ({state}); alias @{tracking.CHAMPION_ALIAS} {moved}\n")
+    out_.write(f'try it: python -m runner.predict --model "models:/{name}@{tracking.CHAMPION_ALIAS}" "..." "..."\n')
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    from mlflow.exceptions import MlflowException
+
+    return run_command("runner.export", lambda: run_export(args), args.debug, failures=(MlflowException,))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

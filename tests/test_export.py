@@ -1,0 +1,235 @@
+"""runner.export: folder, verification, registry and alias, checked through the clients users use."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.export import main as export_main
+
+LOSS_STUDY = ["--set", "study.metric=eval_loss", "--set", "study.direction=minimize"]
+
+
+@pytest.fixture(scope="module")
+def mrpc_dir(tmp_path_factory, glue_tsv, train_pairs, dev_pairs) -> Path:
+    """Overrides conftest's: the same train and dev, plus a labelled test split."""
+    folder = tmp_path_factory.mktemp("mrpc-export")
+    glue_tsv(folder / "train.tsv", train_pairs)
+    glue_tsv(folder / "dev.tsv", dev_pairs)
+    glue_tsv(folder / "test.tsv", dev_pairs[::-1] + train_pairs[:4])
+    return folder
+
+
+@pytest.fixture(scope="module")
+def paraphrases_only(tmp_path_factory, glue_tsv, train_pairs, dev_pairs) -> Path:
+    """Train = validation = paraphrase pairs only: any real training lowers the validation loss."""
+    folder = tmp_path_factory.mktemp("mrpc-paraphrases")
+    ones = [pair for pair in train_pairs + dev_pairs if pair[2] == 1]
+    glue_tsv(folder / "train.tsv", ones)
+    glue_tsv(folder / "dev.tsv", ones)
+    return folder
+
+
+def export(capsys, *args: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = export_main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def registry(tmp_path: Path):
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    return MlflowClient(uri, registry_uri=uri), uri
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def leftovers(tmp_path: Path) -> list[str]:
+    return [p.name for p in (tmp_path / "mlruns" / "best").iterdir() if p.name.startswith(".")]
+
+
+def test_export_writes_a_verified_folder_and_registers_the_champion(
+    run_sweep, store, tmp_path, capsys, premade_mlflow_db
+):
+    assert run_sweep("--trials", "2").code == 0
+    best = store.study().best_trial
+
+    code, out, err = export(capsys, "--study", "tiny", "--eval-split", "test")
+
+    assert code == 0, err
+    folder = tmp_path / "mlruns" / "best" / "tiny"
+    for name in (
+        "model.safetensors",
+        "tokenizer.json",
+        "config.json",
+        "runner_config.yaml",
+        "metrics.json",
+        "README.md",
+    ):
+        assert (folder / name).is_file(), name
+    assert not leftovers(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["id2label"] == {"0": "not_equivalent", "1": "equivalent"}
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["trial"] == best.number and metrics["params"] == best.params
+    for key in ("eval_f1", "eval_accuracy", "eval_loss"):
+        assert metrics["validation"][key] == pytest.approx(metrics["validation_recorded"][key], abs=1e-4)
+    assert set(metrics["test"]) >= {"test_f1", "test_accuracy"}
+    card = (folder / "README.md").read_text()
+    assert "python -m runner.sweep" in card and f"{best.value:.4f}" in card
+    assert all(f"search_space.{name}=" in card for name in best.params)
+
+    client, _ = registry(tmp_path)
+    (version,) = client.search_model_versions("name = 'tiny'")
+    run_id = metrics["run_id"]
+    assert version.run_id == run_id
+    assert client.get_run(run_id).data.tags["optuna.trial_number"] == str(best.number)
+    assert client.get_model_version_by_alias("tiny", "champion").version == version.version
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.metrics["test_f1"] == pytest.approx(metrics["test"]["test_f1"])
+    assert "test_accuracy" in run.data.metrics
+    assert "matches" in out and "version 1 (new)" in out
+
+    # Same trial again: same version, alias unchanged, no second logged model.
+    code, out, err = export(capsys, "--study", "tiny")
+    assert code == 0, err
+    assert len(client.search_model_versions("name = 'tiny'")) == 1
+    assert client.get_model_version_by_alias("tiny", "champion").version == version.version
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id = '{run_id}'")
+    assert len(models) == 1
+    assert "existing" in out
+    assert json.loads((folder / "metrics.json").read_text())["test"] == metrics["test"]  # kept from the first
+
+
+def test_exported_model_gives_the_same_answers_in_pipeline_mlflow_and_pyfunc(
+    run_sweep, tmp_path, capsys, dev_pairs, premade_mlflow_db
+):
+    import mlflow
+    import mlflow.pyfunc
+    import mlflow.transformers
+    import pandas as pd
+    from transformers import pipeline
+
+    assert run_sweep("--trials", "1").code == 0
+    assert export(capsys, "--study", "tiny")[0] == 0
+    _, uri = registry(tmp_path)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    pairs = [(s1, s2) for s1, s2, _ in dev_pairs[:5]]
+    inputs = [{"text": s1, "text_pair": s2} for s1, s2 in pairs]
+
+    expected = pipeline("text-classification", model=str(tmp_path / "mlruns" / "best" / "tiny"))(inputs)
+    from_mlflow = mlflow.transformers.load_model("models:/tiny@champion")(inputs)
+    served = mlflow.pyfunc.load_model("models:/tiny@champion").predict(
+        pd.DataFrame({"text": [a for a, _ in pairs], "text_pair": [b for _, b in pairs]})
+    )
+
+    assert [r["label"] for r in expected] == [r["label"] for r in from_mlflow] == list(served["label"])
+    for want, got_mlflow, got_served in zip(expected, from_mlflow, served["score"], strict=True):
+        assert got_mlflow["score"] == pytest.approx(want["score"], abs=1e-6)
+        assert got_served == pytest.approx(want["score"], abs=1e-6)
+    assert {r["label"] for r in expected} <= {"equivalent", "not_equivalent"}
+    # The second sentence matters: scoring the first sentence alone gives other scores.
+    alone = pipeline("text-classification", model=str(tmp_path / "mlruns" / "best" / "tiny"))([a for a, _ in pairs])
+    assert any(abs(a["score"] - b["score"]) > 1e-6 for a, b in zip(alone, expected, strict=True))
+
+
+def test_alias_moves_when_a_better_trial_is_exported(
+    run_sweep, store, tmp_path, capsys, paraphrases_only, premade_mlflow_db
+):
+    # Selection on validation loss. Trial 0 barely moves from its initial weights (loss about 0.69);
+    # trial 1 learns that every pair is a paraphrase (loss about 0.5 or lower).
+    data = ["--data-dir", str(paraphrases_only), *LOSS_STUDY]
+    assert run_sweep("--trials", "1", *data, "--set", "search_space.learning_rate=1.0e-8").code == 0
+    assert export(capsys, "--study", "tiny")[0] == 0
+    client, _ = registry(tmp_path)
+    assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
+
+    lr = ["--set", "search_space.learning_rate=3.0e-3", "--set", "search_space.num_train_epochs=2"]
+    assert run_sweep("--trials", "2", *data, *lr).code == 0
+    assert store.study().best_trial.number == 1, "precondition: the second trial must be the better one"
+
+    code, out, err = export(capsys, "--study", "tiny")
+    assert code == 0, err
+    assert len(client.search_model_versions("name = 'tiny'")) == 2
+    champion = client.get_model_version_by_alias("tiny", "champion")
+    assert str(champion.version) == "2"
+    assert client.get_run(champion.run_id).data.tags["optuna.trial_number"] == "1"
+    assert "moved from version 1" in out
+
+
+def test_mismatch_on_re_evaluation_exits_1_and_leaves_the_folder_alone(run_sweep, tmp_path, capsys, premade_mlflow_db):
+    from safetensors.torch import load_file, save_file
+
+    assert run_sweep("--trials", "1").code == 0
+    folder = tmp_path / "mlruns" / "best" / "tiny"
+    weights = load_file(folder / "model.safetensors")
+    bias = next(k for k in weights if k.endswith("classifier.bias"))
+    weights[bias] = weights[bias].new_tensor([6.0, -6.0])  # a different model than the one the trial scored
+    save_file(weights, folder / "model.safetensors", metadata={"format": "pt"})
+    before = snapshot(folder)
+
+    code, out, err = export(capsys, "--study", "tiny")
+
+    assert code == 1
+    assert len(err.strip().splitlines()) == 1 and "does not match" in err
+    assert snapshot(folder) == before
+    assert not leftovers(tmp_path)
+    client, _ = registry(tmp_path)
+    assert client.search_registered_models() == []
+
+
+def test_a_crash_mid_export_keeps_the_previous_folder(run_sweep, tmp_path, capsys, monkeypatch, premade_mlflow_db):
+    assert run_sweep("--trials", "1").code == 0
+    assert export(capsys, "--study", "tiny")[0] == 0
+    folder = tmp_path / "mlruns" / "best" / "tiny"
+    before = snapshot(folder)
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("runner.modelcard.write_model_card", crash)
+    with pytest.raises(OSError, match="disk full"):
+        export_main(["--study", "tiny"])
+
+    assert snapshot(folder) == before
+    assert not leftovers(tmp_path)
+
+
+def _stores_without_a_complete_trial(tmp_path: Path) -> None:
+    import optuna
+    from mlflow.tracking import MlflowClient
+
+    (tmp_path / "mlruns").mkdir()
+    MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}").search_experiments()
+    study = optuna.create_study(study_name="failing", storage=f"sqlite:///{tmp_path / 'mlruns' / 'optuna.db'}")
+    study.tell(study.ask(), state=optuna.trial.TrialState.FAIL)
+
+
+@pytest.mark.parametrize(
+    ("study", "message"),
+    [("failing", "no complete trial (1 fail)"), ("nope", "unknown study 'nope'")],
+)
+def test_nothing_to_export_is_a_one_line_error(tmp_path, monkeypatch, capsys, study, message):
+    monkeypatch.chdir(tmp_path)
+    _stores_without_a_complete_trial(tmp_path)
+
+    code, out, err = export(capsys, "--study", study)
+
+    assert code == 2
+    assert err.count("\n") == 1 and message in err and "Traceback" not in err
+
+
+def test_no_stores_at_all_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = export(capsys, "--study", "tiny")
+    assert code == 2 and err.count("\n") == 1 and "run a sweep first" in err
+    assert not (tmp_path / "mlruns").exists()

@@ -1,0 +1,126 @@
+"""runner.ui: the MLflow UI on a sweep's store, checked in a real headless Chromium."""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+
+from runner.ui import main as ui_main
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--window-size=1400,1000",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def chromium(url: str, profile: Path, budget_ms: int, *extra: str) -> subprocess.CompletedProcess:
+    """One headless Chromium run with a fresh profile; virtual time lets the JS app fetch and render."""
+    command = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *extra]
+    return subprocess.run([*command, url], capture_output=True, text=True, timeout=240)
+
+
+def visible_text(dom: str) -> str:
+    dom = re.sub(r"<(script|style|noscript)\b.*?</\1>", " ", dom, flags=re.S | re.I)
+    return re.sub(r"\s+", " ", html.unescape(re.sub(r"<[^>]+>", " ", dom)))
+
+
+def rendered_text(url: str, tmp_path: Path, expected: list[str]) -> str:
+    """The page's text once everything expected shows, giving a slow machine more virtual time each try."""
+    text = ""
+    for attempt, budget in enumerate((15_000, 30_000, 60_000)):
+        text = visible_text(chromium(url, tmp_path / f"profile-{attempt}-{budget}", budget, "--dump-dom").stdout)
+        if all(item in text for item in expected):
+            break
+    return text
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep, store, tmp_path, premade_mlflow_db):
+    assert run_sweep("--trials", "2").code == 0
+    trials = store.children()
+    port = free_port()
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "runner.ui", "--port", str(port), "--tracking-uri", uri],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        printed = []
+        for line in server.stdout:  # runner.ui gives up by itself if the server never answers
+            printed.append(line)
+            if line.startswith("press Ctrl-C"):
+                break
+        base = f"http://127.0.0.1:{port}"
+        assert printed and printed[0].strip() == f"MLflow UI: {base}", printed
+        experiment_id = trials[0].info.experiment_id
+        assert f"  study tiny: {base}/#/experiments/{experiment_id}/runs\n" in printed
+
+        runs_page = rendered_text(f"{base}/#/experiments/{experiment_id}/runs", tmp_path, ["Run Name", "tiny"])
+        assert "Run Name" in runs_page and "tiny" in runs_page, runs_page[:2000]
+
+        ids = quote(json.dumps([run.info.run_id for run in trials]))
+        compare = f"{base}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment_id]))}"
+        params = [run.data.params["learning_rate"] for run in trials]
+        expected = ["trial-000", "trial-001", "learning_rate", "num_train_epochs", "best_eval_f1", "eval_f1", *params]
+        page = rendered_text(compare, tmp_path, expected)
+        missing = [item for item in expected if item not in page]
+        assert not missing, f"missing {missing} in: {page[:3000]}"
+        assert "Comparing 2 Runs" in page
+
+        screenshot = tmp_path / "mlflow-ui-compare.png"
+        chromium(compare, tmp_path / "profile-shot", 30_000, f"--screenshot={screenshot}")
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+        print(f"screenshot: {screenshot}")
+    finally:
+        server.send_signal(signal.SIGINT)
+        code = server.wait(timeout=60)
+        err = server.stderr.read()
+    assert code == 0, err
+    assert "runner.ui: stopped" in err
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", port))  # the server and its workers are gone
+
+
+def test_a_port_in_use_is_a_one_line_error(capsys):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        capsys.readouterr()
+        code = ui_main(["--port", str(port)])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and f"port {port}" in err and out == ""
+
+
+def test_a_missing_store_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code = ui_main(["--port", str(free_port())])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.count("\n") == 1 and "run a sweep first" in err
+    assert not (tmp_path / "mlruns").exists()
