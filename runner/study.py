@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import distribution_to_json
 from optuna.trial import TrialState
 
 from runner import artifacts, worker
@@ -23,13 +24,14 @@ from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
 from runner.model import load_tokenizer, resolve_model
 from runner.objective import Objective
 from runner.progress import SweepProgress
-from runner.space import max_epochs
+from runner.space import max_epochs, to_distributions
 from runner.tracking import Tracker, check_reachable
 from runner.train import resolve_precision
 
 log = logging.getLogger("runner")
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+OBJECTIVE_ATTR = "runner.objective"  # study user attr: metric, direction and search space it optimises
 
 
 class SweepFailed(WorkFailed):
@@ -54,12 +56,41 @@ def make_study(cfg: SweepConfig) -> optuna.Study:
         direction=cfg.study.direction,
         load_if_exists=True,
     )
+    check_same_objective(study, cfg)
+    return study
+
+
+def check_same_objective(study: optuna.Study, cfg: SweepConfig) -> None:
+    """A resumed study must optimise the same metric, direction and search space as it began with.
+
+    Otherwise TPE would model trials from different spaces as one and the best
+    trial would compare unlike things; the first run records what it optimises.
+    """
+    space = {name: distribution_to_json(d) for name, d in to_distributions(cfg).items()}
+    fixed = {k: v for k, v in cfg.fixed_hyperparameters().items() if k in cfg.search_space}
+    current = {"metric": cfg.study.metric, "direction": cfg.study.direction, "search_space": space, "pinned": fixed}
+    stored = study.user_attrs.get(OBJECTIVE_ATTR)
     if study.direction.name.lower() != cfg.study.direction:
+        stored = {**(stored or current), "direction": study.direction.name.lower()}
+    if stored is None:
+        study.set_user_attr(OBJECTIVE_ATTR, current)
+        return
+    labels = {"search_space": "search space", "pinned": "pinned values"}
+    changed = []
+    for key, now in current.items():
+        before = stored.get(key)
+        if before == now:
+            continue
+        if isinstance(now, dict) and isinstance(before, dict):
+            names = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            changed.append(f"{labels[key]} ({', '.join(names)})")
+        else:
+            changed.append(key)
+    if changed:
         raise ConfigError(
-            f"study {cfg.study.name!r} already exists with direction {study.direction.name.lower()}: "
+            f"study {cfg.study.name!r} already exists with a different {' and '.join(changed)}: "
             "use --study NEW_NAME to start a new study"
         )
-    return study
 
 
 def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:

@@ -81,8 +81,29 @@ def test_existing_study_with_another_direction_is_a_config_error(tmp_path):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     make_study(_cfg(name="s", storage=storage, direction="maximize"))
     assert make_study(_cfg(name="s", storage=storage, direction="maximize")).study_name == "s"
-    with pytest.raises(ConfigError, match="already exists with direction maximize"):
+    with pytest.raises(ConfigError, match="already exists with a different direction"):
         make_study(_cfg(name="s", storage=storage, direction="minimize"))
+
+
+def test_existing_study_with_another_search_space_or_metric_is_a_config_error(tmp_path):
+    """Resuming must optimise what the study began with; the message names what changed and how to start anew."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    space = {"learning_rate": {"type": "float", "low": 1.0e-5, "high": 1.0e-4, "log": True}}
+
+    def cfg(**changes):
+        raw = {"study": {"name": "s", "storage": storage}, "search_space": dict(space)}
+        for key, value in changes.items():
+            raw[key] = {**raw.get(key, {}), **value}
+        return SweepConfig.model_validate(raw)
+
+    make_study(cfg())
+    make_study(cfg())  # the same objective resumes
+    with pytest.raises(ConfigError, match=r"different search space \(learning_rate\).*--study NEW_NAME"):
+        make_study(cfg(search_space={"learning_rate": {"type": "float", "low": 1.0e-5, "high": 3.0e-4, "log": True}}))
+    with pytest.raises(ConfigError, match=r"different pinned values \(num_train_epochs\)"):
+        make_study(cfg(search_space={"num_train_epochs": 2}))
+    with pytest.raises(ConfigError, match="different metric"):
+        make_study(cfg(study={"metric": "eval_accuracy"}))
 
 
 @pytest.mark.parametrize("url", ["nosuchdb://x/y", "not a url", "postgresql+nosuchdriver://h/db"])

@@ -101,6 +101,13 @@ def test_pruned_trial(run_sweep, store, monkeypatch):
     assert [c.info.status for c in store.children()] == ["FINISHED", "KILLED"]
 
 
+def test_last_epoch_is_never_pruned(run_sweep, store, monkeypatch):
+    """A trial that ran all its epochs has a finished result: pruning it then would only throw it away."""
+    monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
+    assert run_sweep("--trials", "1", "--set", "search_space.num_train_epochs=1").code == 0
+    assert states(store.study()) == ["COMPLETE"]
+
+
 def _new_model_failing(monkeypatch, calls_that_fail, error):
     import runner.objective
 
