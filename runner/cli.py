@@ -37,7 +37,14 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
-    for noisy in ("mlflow", "alembic", "urllib3", "httpx", "huggingface_hub"):
+    for noisy in (
+        "mlflow",
+        "mlflow.system_metrics.system_metrics_monitor",
+        "alembic",
+        "urllib3",
+        "httpx",
+        "huggingface_hub",
+    ):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
