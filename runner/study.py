@@ -67,15 +67,15 @@ def check_same_objective(study: optuna.Study, cfg: SweepConfig) -> None:
     trial would compare unlike things; the first run records what it optimises.
     """
     space = {name: distribution_to_json(d) for name, d in to_distributions(cfg).items()}
-    fixed = {k: v for k, v in cfg.fixed_hyperparameters().items() if k in cfg.search_space}
-    current = {"metric": cfg.study.metric, "direction": cfg.study.direction, "search_space": space, "pinned": fixed}
+    # Pinned values may change between runs (each trial's run records them); what is searched may not.
+    current = {"metric": cfg.study.metric, "direction": cfg.study.direction, "search_space": space}
     stored = study.user_attrs.get(OBJECTIVE_ATTR)
     if study.direction.name.lower() != cfg.study.direction:
         stored = {**(stored or current), "direction": study.direction.name.lower()}
     if stored is None:
         study.set_user_attr(OBJECTIVE_ATTR, current)
         return
-    labels = {"search_space": "search space", "pinned": "pinned values"}
+    labels = {"search_space": "search space"}
     changed = []
     for key, now in current.items():
         before = stored.get(key)

@@ -148,7 +148,9 @@ def test_alias_moves_when_a_better_trial_is_exported(
     # Selection on validation loss. Trial 0 barely moves from its initial weights (loss about 0.69);
     # trial 1 learns that every pair is a paraphrase (loss about 0.5 or lower).
     data = ["--data-dir", str(paraphrases_only), *LOSS_STUDY]
-    assert run_sweep("--trials", "1", *data, "--set", "search_space.learning_rate=1.0e-8").code == 0
+    # Both runs pin the same things: a resumed study must keep its search space.
+    pinned = ["--set", "search_space.num_train_epochs=2", "--set", "search_space.learning_rate=1.0e-8"]
+    assert run_sweep("--trials", "1", *data, *pinned).code == 0
     assert export(capsys, "--study", "tiny")[0] == 0
     client, _ = registry(tmp_path)
     assert str(client.get_model_version_by_alias("tiny", "champion").version) == "1"
