@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -83,33 +82,14 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
 
 
 def write_study_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Optuna's optimization history, parallel coordinates and importances as PNGs.
+    """Optuna's optimization history, parallel coordinates and importances as PNGs for the study run.
 
     Needs two complete trials; returns the files written (none before that).
     """
+    from runner.plots import optuna_plot
+
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:
         return []
-    from optuna.visualization import matplotlib as optuna_plt
-
-    plots = {
-        "optimization_history.png": optuna_plt.plot_optimization_history,
-        "parallel_coordinate.png": optuna_plt.plot_parallel_coordinate,
-        "param_importances.png": optuna_plt.plot_param_importances,
-    }
-    written = []
-    for name, plot in plots.items():
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
-                ax = plot(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(9, 5)
-            fig.tight_layout()
-            fig.savefig(out_dir / name, dpi=100)
-            plt.close(fig)
-            written.append(out_dir / name)
-        except (ValueError, RuntimeError) as err:
-            # e.g. importances when every trial used the same value of each param
-            log.info("skipped %s: %s", name, err)
-    return written
+    names = ("optimization_history", "parallel_coordinate", "param_importances")
+    return [path for name in names for path in optuna_plot(study, name, out_dir, html=False)]

@@ -22,12 +22,12 @@ import sys
 from pathlib import Path
 
 from runner.cli import WorkFailed, run_command
-from runner.config import ConfigError
+from runner.config import ConfigError, StudyConfig, TrackingConfig
 
 log = logging.getLogger("runner")
 
-DEFAULT_STORAGE = "sqlite:///mlruns/optuna.db"
-DEFAULT_BEST_DIR = "mlruns/best"
+DEFAULT_STORAGE = StudyConfig().storage
+DEFAULT_BEST_DIR = TrackingConfig().best_model_dir
 # Re-evaluated metrics may differ from the recorded ones by float rounding only.
 TOLERANCE = {"eval_f1": 1e-4, "eval_accuracy": 1e-4, "eval_loss": 1e-3}
 
@@ -106,18 +106,17 @@ def saved_trial(source: Path, study):
 
 
 def stage(source: Path, out: Path) -> Path:
-    """Copy the best model next to ``out`` under a hidden name, with the MRPC label names in its config."""
+    """Copy the best model next to ``out`` under a hidden name."""
     from runner.data import LABEL_NAMES
 
     staging = out.with_name(f".{out.name}.export-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(source, staging)
-    config_path = staging / "config.json"
-    config = json.loads(config_path.read_text(encoding="utf-8"))
-    config["id2label"] = {str(i): name for i, name in enumerate(LABEL_NAMES)}
-    config["label2id"] = {name: i for i, name in enumerate(LABEL_NAMES)}
-    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    # The sweep's models carry the MRPC label names (runner.model.new_model); say so if one does not.
+    labels = json.loads((staging / "config.json").read_text(encoding="utf-8")).get("id2label", {})
+    if list(labels.values()) != LABEL_NAMES:
+        raise ExportFailed(f"{source} has labels {labels}, not {LABEL_NAMES}: it was not written by runner.sweep")
     return staging
 
 

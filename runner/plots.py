@@ -33,7 +33,7 @@ def write_report_plots(study_name: str, storage_url: str, runs: pd.DataFrame, fo
     study = _load_study(storage_url, study_name)
     if study is not None:
         for name in OPTUNA_PLOTS:
-            written += _optuna_plot(study, name, folder)
+            written += optuna_plot(study, name, folder)
     written += f1_vs_learning_rate(runs, folder)
     return written
 
@@ -50,8 +50,8 @@ def _load_study(storage_url: str, name: str) -> optuna.Study | None:
         return None
 
 
-def _optuna_plot(study: optuna.Study, name: str, folder: Path) -> list[Path]:
-    import optuna.visualization as optuna_plotly
+def optuna_plot(study: optuna.Study, name: str, folder: Path, html: bool = True) -> list[Path]:
+    """One of Optuna's plots (``plot_<name>``) as ``<name>.png``, and ``<name>.html`` when ``html``."""
     from optuna.visualization import matplotlib as optuna_plt
 
     written = []
@@ -59,7 +59,10 @@ def _optuna_plot(study: optuna.Study, name: str, folder: Path) -> list[Path]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # optuna marks its matplotlib backend experimental
             ax = getattr(optuna_plt, f"plot_{name}")(study)
-            figure = getattr(optuna_plotly, f"plot_{name}")(study)
+            if html:
+                import optuna.visualization as optuna_plotly
+
+                figure = getattr(optuna_plotly, f"plot_{name}")(study)
     except (ValueError, RuntimeError, ZeroDivisionError) as err:
         # e.g. importances need two complete trials that differ in a searched param
         log.info("skipped %s: %s", name, err)
@@ -69,7 +72,8 @@ def _optuna_plot(study: optuna.Study, name: str, folder: Path) -> list[Path]:
     fig.set_size_inches(9, 5)
     fig.tight_layout()
     written.append(_save_png(fig, folder / f"{name}.png"))
-    written.append(_save_html(figure, folder / f"{name}.html"))
+    if html:
+        written.append(_save_html(figure, folder / f"{name}.html"))
     return written
 
 

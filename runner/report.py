@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 from runner.cli import run_command
-from runner.config import SEARCHABLE, ConfigError
+from runner.config import SEARCHABLE, ConfigError, StudyConfig
 
 log = logging.getLogger("runner")
 
@@ -39,7 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
     )
-    p.add_argument("--storage", default="sqlite:///mlruns/optuna.db", help="Optuna storage, for the plots")
+    p.add_argument(
+        "--storage", default=StudyConfig().storage, help="Optuna storage, for the plots (default %(default)s)"
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     return p
 

@@ -23,7 +23,7 @@ from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, Ru
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
-from runner.config import ConfigError
+from runner.config import ConfigError, TrackingConfig
 
 log = logging.getLogger(__name__)
 
@@ -249,7 +249,7 @@ def _now_ms() -> int:
 # explicitly, and none of them changes the status or end time of an existing run.
 # =====================================================================================
 
-DEFAULT_TRACKING_URI = "sqlite:///mlruns/mlflow.db"
+DEFAULT_TRACKING_URI = TrackingConfig().tracking_uri
 CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT_NAME = "model"
 # What the exported model needs at serving time. Listed explicitly: MLflow's inference

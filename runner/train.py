@@ -112,6 +112,7 @@ class _EpochCallback(TrainerCallback):
 
     def __init__(self, result: TrainResult, metric: str, maximize: bool, hook: EpochHook | None, progress):
         self.result, self.metric, self.maximize, self.hook, self.progress = result, metric, maximize, hook, progress
+        self.last_logits: np.ndarray | None = None  # the evaluation that on_evaluate is about to see
         self.train_loss: float | None = None
         self.model = None
         self._last_progress = time.monotonic()
@@ -129,6 +130,12 @@ class _EpochCallback(TrainerCallback):
         if "loss" in (logs or {}):
             self.train_loss = float(logs["loss"])
 
+    def compute_metrics(self, eval_pred) -> dict[str, float]:
+        """Metrics as usual, keeping the logits: the best epoch's predictions need no second pass."""
+        logits = eval_pred.predictions
+        self.last_logits = logits[0] if isinstance(logits, tuple) else logits
+        return compute_metrics(eval_pred)
+
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
         epoch = round(state.epoch or 0)
         row = {"epoch": epoch, **{k: float(v) for k, v in (metrics or {}).items() if k.startswith("eval_")}}
@@ -143,6 +150,7 @@ class _EpochCallback(TrainerCallback):
             self.result.best_epoch, self.result.best_metrics = epoch, row
             # A CPU copy: the live weights keep changing in later epochs.
             self.result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
+            self.result.probabilities = probabilities(self.last_logits)
         if self.hook is not None and self.hook(epoch, row):
             self.result.stopped_at_epoch = epoch
             control.should_training_stop = True
@@ -176,7 +184,7 @@ def train(
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
             data_collator=DataCollatorWithPadding(tokenizer),
-            compute_metrics=compute_metrics,
+            compute_metrics=callback.compute_metrics,
             callbacks=[callback],
         )
         # With tqdm off the Trainer prints every log dict to stdout; our callback reports instead.
@@ -186,7 +194,5 @@ def train(
         result.train_samples_per_second = float(output.metrics.get("train_samples_per_second", 0.0))
         result.log_history = list(trainer.state.log_history)
         if result.best_state is not None and result.stopped_at_epoch is None:
-            # Score the best epoch's weights once more to get its predictions.
-            model.load_state_dict(result.best_state)
-            result.probabilities = probabilities(trainer.predict(eval_dataset).predictions)
+            model.load_state_dict(result.best_state)  # the caller saves the best epoch, not the last
     return result

@@ -113,7 +113,8 @@ def test_hook_returning_true_stops_after_that_epoch(setup):
     assert calls == [1]
     assert [row["epoch"] for row in result.epochs] == [1]
     assert result.stopped_at_epoch == 1
-    assert result.probabilities is None  # a stopped (pruned) run is not scored again
+    # A stopped (pruned) run keeps the predictions of its best epoch so far, from that epoch's own evaluation.
+    assert result.best_epoch == 1 and result.probabilities.shape[1] == 2
 
 
 def test_nan_loss_raises_training_diverged(setup, monkeypatch):
