@@ -30,8 +30,8 @@ test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: setup
-	$(PY) -m ruff check runner tests
-	$(PY) -m ruff format --check runner tests
+	$(PY) -m ruff check runner tests bench
+	$(PY) -m ruff format --check runner tests bench
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

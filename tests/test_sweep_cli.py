@@ -109,17 +109,17 @@ def test_last_epoch_is_never_pruned(run_sweep, store, monkeypatch):
 
 
 def _new_model_failing(monkeypatch, calls_that_fail, error):
-    import runner.objective
+    import runner.model
 
-    real, calls = runner.objective.new_model, []
+    real, calls = runner.model.PretrainedModels.new, []
 
-    def new_model(source, seed):
+    def new_model(self, seed):
         calls.append(seed)
         if calls_that_fail == "all" or len(calls) in calls_that_fail:
             raise error
-        return real(source, seed)
+        return real(self, seed)
 
-    monkeypatch.setattr(runner.objective, "new_model", new_model)
+    monkeypatch.setattr(runner.model.PretrainedModels, "new", new_model)
 
 
 @pytest.mark.usefixtures("premade_mlflow_db")

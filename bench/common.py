@@ -1,0 +1,120 @@
+"""What every benchmark shares: the real data and model, interleaved timing, result files.
+
+Benchmarks report ratios of variants timed side by side in one run: repeats are
+interleaved (A B C, B C A, ...) and the median is taken, so a machine that slows
+down half-way slows every variant alike. Absolute seconds are printed for
+context only; on a shared machine they drift.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+DATA_CANDIDATES = (ROOT.parent / "shared" / "data" / "mrpc", Path("/work/shared/data/mrpc"))
+
+log = logging.getLogger("bench")
+
+
+def setup() -> None:
+    """Offline, quiet libraries, one log line per step on stderr."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    from runner.cli import quiet_libraries
+
+    quiet_libraries()
+
+
+def data_dir() -> str:
+    """MRPC on disk: ``RUNNER_DATA_DIR`` or the workplace's shared copy (never the repo)."""
+    found = os.environ.get("RUNNER_DATA_DIR") or next((str(p) for p in DATA_CANDIDATES if p.is_dir()), None)
+    if not found:
+        sys.exit("bench: MRPC not found: set RUNNER_DATA_DIR to the folder with train.tsv and validation.tsv")
+    return found
+
+
+def load_data(train_samples: int | None, eval_samples: int | None, seed: int = 42):
+    """MRPC train/validation, optionally sliced (the same seeded slice runner.sweep takes)."""
+    from runner.config import DataConfig
+    from runner.data import load_mrpc
+
+    cfg = DataConfig(max_train_samples=train_samples, max_eval_samples=eval_samples)
+    return load_mrpc(cfg, data_dir(), seed=seed)
+
+
+def model_source(name: str = "sentence-transformers/all-MiniLM-L6-v2") -> str:
+    """The default model, resolved offline (the packaged copy here)."""
+    from runner.model import resolve_model
+
+    return resolve_model(name)
+
+
+def interleaved(cases: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each case, repeats interleaved with a rotating order."""
+    names = list(cases)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            start = time.perf_counter()
+            cases[name]()
+            times[name].append(time.perf_counter() - start)
+            log.info("repeat %d/%d %s: %.1f s", r + 1, repeats, name, times[name][-1])
+    return times
+
+
+def median(values: list[float]) -> float:
+    """The median (robust to one disturbed repeat)."""
+    return statistics.median(values)
+
+
+def table(rows: list[dict], columns: list[str]) -> str:
+    """A markdown table, for the terminal and for bench/README.md."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [_fmt(row.get(c, "")) for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
+    return str(value)
+
+
+def machine() -> dict:
+    """The CPU model and its matrix units: they decide the compute floor (AMX makes bf16 ~6x fp32)."""
+    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    units = [f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in flags]
+    return {"cpu": model or platform.machine(), "cores": os.cpu_count(), "units": units}
+
+
+def save(name: str, payload: dict) -> Path:
+    """Write the raw numbers (with the machine and command) to bench/results/NAME.json."""
+    import torch
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "command": " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]]),
+        "machine": machine(),
+        "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d %H:%M"),
+        **payload,
+    }
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    log.info("raw numbers in %s", path.relative_to(ROOT))
+    return path

@@ -1,0 +1,72 @@
+"""The arithmetic behind the benchmarks: FLOP counts from the model's shape, and pruning replays."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import torch
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState, create_trial
+from transformers import BertConfig, BertForSequenceClassification
+
+from bench.epoch import epoch_flops, forward_flops
+from bench.pruning import replay
+
+
+@pytest.fixture
+def bert():
+    config = BertConfig(
+        vocab_size=50, hidden_size=32, num_hidden_layers=3, num_attention_heads=2, intermediate_size=96, num_labels=2
+    )
+    return BertForSequenceClassification(config)
+
+
+def test_forward_flops_count_every_encoder_weight_twice_per_token(bert):
+    """Matmul FLOPs = 2 x (encoder linear weights) per token, plus attention's 4 s d per layer and token."""
+    cfg = bert.config
+    linear = sum(m.weight.numel() for m in bert.bert.encoder.modules() if isinstance(m, torch.nn.Linear))
+    head = bert.bert.pooler.dense.weight.numel() + bert.classifier.weight.numel()
+    for s in (1, 7, 64):
+        attention = cfg.num_hidden_layers * 4 * s * s * cfg.hidden_size
+        assert forward_flops(cfg, s) == 2 * s * linear + attention + 2 * head
+
+
+def test_epoch_flops_is_three_forward_passes_of_training_plus_one_of_evaluation(bert):
+    cfg = bert.config
+    assert epoch_flops(cfg, [10, 20], [5]) == 3 * (forward_flops(cfg, 10) + forward_flops(cfg, 20)) + forward_flops(
+        cfg, 5
+    )
+    # Padding is not work: the floor counts the real tokens only.
+    assert epoch_flops(cfg, [10, 20], []) < 3 * 2 * forward_flops(cfg, 20)
+
+
+def _trial(number: int, curve: dict[int, float], planned: int, state=TrialState.COMPLETE):
+    trial = create_trial(
+        params={"num_train_epochs": planned},
+        distributions={"num_train_epochs": IntDistribution(1, 4)},
+        value=max(curve.values()) if state == TrialState.COMPLETE else None,
+        intermediate_values=curve,
+        state=state,
+    )
+    trial.number = number
+    return trial
+
+
+def test_replay_prunes_weak_trials_and_counts_epochs():
+    curves = [_trial(i, {1: 0.80, 2: 0.80 + i / 100, 3: 0.85}, 3) for i in range(4)]
+    weak = _trial(4, {1: 0.70, 2: 0.70, 3: 0.70}, 3)
+    none = replay([*curves, weak], optuna.pruners.NopPruner())
+    assert none["epochs"] == 15 and none["pruned"] == [] and none["values"][4] == 0.70
+    median = replay([*curves, weak], optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    assert median["pruned"] == [4] and median["epochs"] == 14  # the weak trial stops after epoch 2
+
+
+def test_replay_never_prunes_after_the_last_epoch_and_flags_unknown_continuations():
+    curves = [_trial(i, {1: 0.85, 2: 0.86}, 2) for i in range(3)]
+    last_epoch_low = _trial(3, {1: 0.80, 2: 0.70}, 2)
+    cut_short = _trial(4, {1: 0.90}, 3, state=TrialState.PRUNED)  # the original sweep stopped it
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # epoch 2 is the earliest prune
+    result = replay([*curves, last_epoch_low, cut_short], pruner)
+    assert 3 not in result["pruned"] and result["values"][3] == 0.80
+    assert result["unknown"] == 1 and result["values"][4] == 0.90
+    assert result["epochs"] == 3 * 2 + 2 + 3  # the unknown epochs still cost what was planned
