@@ -121,7 +121,7 @@ class Variants:
             learning_rate=self.lr, per_device_train_batch_size=self.batch_size, num_train_epochs=1, fp16=fp16
         )
 
-    def runner(self, fp16: bool, compile_model: bool = False) -> None:
+    def runner(self, fp16: bool, compile_model: bool = False, grouped: bool = True) -> None:
         import dataclasses
         from unittest import mock
 
@@ -137,8 +137,9 @@ class Variants:
             return dataclasses.replace(build(*args, **kwargs), torch_compile=True)
 
         with mock.patch.object(runner.train, "training_arguments", compiled if compile_model else build):
+            settings = TrainConfig(group_by_length=grouped)
             runner.train.train(
-                model, self.tokenizer, self.runner_tokens["train"], self.runner_tokens["validation"], hp, TrainConfig()
+                model, self.tokenizer, self.runner_tokens["train"], self.runner_tokens["validation"], hp, settings
             )
 
     def runner_padded_tokens(self) -> int:
@@ -168,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--compile", action="store_true", help="add a runner fp16 variant with torch.compile")
+    parser.add_argument("--ablate", action="store_true", help="add runner variants with random (ungrouped) batches")
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants (e.g. 'runner fp16')")
     args = parser.parse_args(argv)
     common.setup()
@@ -215,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.compile:
         cases["runner fp16 compiled"] = lambda: v.runner(True, compile_model=True)
+    if args.ablate:
+        cases["runner fp32 random batches"] = lambda: v.runner(False, grouped=False)
+        cases["runner fp16 random batches"] = lambda: v.runner(True, grouped=False)
     if args.only:
         cases = {name: case for name, case in cases.items() if name in (*args.only, "course fp32", "matmul rates")}
     times = common.interleaved(cases, repeats)

@@ -51,7 +51,7 @@ def make_objective(cfg, inputs, tracker, best_dir: Path, tracked: bool):
 
     objective = Objective(
         cfg=cfg,
-        models=inputs.models,
+        model_source=inputs.model_source,
         tokenizer=inputs.tokenizer,
         data=inputs.data,
         tokenized=inputs.tokenized,

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import copy
 import logging
 from pathlib import Path
 
-import torch
 import transformers
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
@@ -68,62 +66,10 @@ def new_model(source: str, seed: int):
     Seeding right before loading makes the head (the only new weights) identical
     for two trials with the same seed, so equal params give equal results.
     """
-    return _load(source, seed)[0]
-
-
-def _load(source: str, seed: int):
     transformers.set_seed(seed)
     return AutoModelForSequenceClassification.from_pretrained(
         source,
         num_labels=len(LABEL_NAMES),
         id2label=dict(enumerate(LABEL_NAMES)),
         label2id={name: i for i, name in enumerate(LABEL_NAMES)},
-        output_loading_info=True,
     )
-
-
-class PretrainedModels:
-    """Reads the pretrained weights from disk once per sweep and hands each trial a fresh copy.
-
-    A trial's model is a copy of that template whose new weights (the head that the
-    checkpoint lacks) are re-drawn from the trial's seed, as ``from_pretrained``
-    would draw them: normal(0, initializer_range) weights, zero biases. The same
-    seed gives the same head, so equal params still give equal results. A model
-    whose new weights are not all linear layers falls back to loading from disk.
-    """
-
-    def __init__(self, source: str):
-        self.source = source
-        try:
-            self._template, info = _load(source, seed=0)
-        except Exception as err:  # noqa: BLE001 - corrupt weights raise many kinds (e.g. SafetensorError)
-            raise ModelError(f"cannot load model {source!r}: {str(err).strip().splitlines()[0]}") from None
-        self._template.eval()
-        self._new_layers = _new_linear_layers(self._template, info["missing_keys"])
-        if self._new_layers is None:
-            log.debug("%s: new weights outside linear layers; each trial loads from disk", source)
-
-    def new(self, seed: int):
-        """A trainable model: the pretrained weights plus a head seeded with ``seed``."""
-        if self._new_layers is None:
-            return new_model(self.source, seed)
-        model = copy.deepcopy(self._template)
-        model.train()
-        transformers.set_seed(seed)
-        std = model.config.initializer_range
-        with torch.no_grad():
-            for name in self._new_layers:
-                layer = model.get_submodule(name)
-                layer.weight.normal_(0.0, std)
-                if layer.bias is not None:
-                    layer.bias.zero_()
-        return model
-
-
-def _new_linear_layers(model, missing_keys: list[str]) -> list[str] | None:
-    """Names of the linear layers that own every missing key, or None if some key is elsewhere."""
-    layers = sorted({key.rsplit(".", 1)[0] for key in missing_keys})
-    for name in layers:
-        if not isinstance(model.get_submodule(name), torch.nn.Linear):
-            return None
-    return layers

@@ -19,7 +19,7 @@ from runner import artifacts, worker
 from runner.checkpoint import BestCheckpoint
 from runner.config import SweepConfig, to_yaml
 from runner.data import MrpcData
-from runner.model import PretrainedModels
+from runner.model import new_model
 from runner.progress import SweepProgress
 from runner.space import suggest
 from runner.tracking import Tracker
@@ -35,7 +35,7 @@ class Objective:
     """Callable for ``study.optimize``; everything shared across trials is built once."""
 
     cfg: SweepConfig
-    models: PretrainedModels
+    model_source: str
     tokenizer: Any
     data: MrpcData
     tokenized: Any  # DatasetDict
@@ -93,7 +93,7 @@ class Objective:
             # Pruning after the last epoch would only throw away a finished result.
             return epoch < hp.num_train_epochs and trial.should_prune()
 
-        model = self.models.new(self.cfg.train.seed)
+        model = new_model(self.model_source, self.cfg.train.seed)
         result = train(
             model,
             self.tokenizer,

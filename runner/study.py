@@ -21,7 +21,7 @@ from runner.checkpoint import BestCheckpoint
 from runner.cli import WorkFailed
 from runner.config import ConfigError, SweepConfig, TrackingConfig, to_yaml
 from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
-from runner.model import PretrainedModels, load_tokenizer, resolve_model
+from runner.model import load_tokenizer, resolve_model
 from runner.objective import Objective
 from runner.progress import SweepProgress
 from runner.space import max_epochs, to_distributions
@@ -184,7 +184,7 @@ class Inputs:
     """Everything trials share, built once per sweep."""
 
     data: MrpcData
-    models: PretrainedModels  # the pretrained weights, read once per sweep
+    model_source: str
     tokenizer: Any
     tokenized: Any  # DatasetDict
 
@@ -197,7 +197,7 @@ def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
     log.info("data: %s %s", data.source, data.sizes())
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
-    return Inputs(data, PretrainedModels(source), tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
+    return Inputs(data, source, tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
 
 
 def run_sweep(cfg: SweepConfig, data_dir: str | None = None) -> int:
@@ -235,7 +235,7 @@ def optimize(
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         progress.set_best(study.best_value, study.best_trial.number)
     objective = Objective(
-        cfg, inputs.models, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, checkpoint, progress
+        cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, checkpoint, progress
     )
     guard = FailureGuard(cfg.study.max_failure_rate)
     log.info(

@@ -94,7 +94,22 @@ def training_arguments(hp: Hyperparameters, settings: TrainConfig, output_dir: s
 
 
 class _Trainer(Trainer):
-    """The Trainer, stopping the moment the loss stops being finite (not at the epoch's end)."""
+    """The Trainer, stopping the moment the loss stops being finite (not at the epoch's end).
+
+    Evaluation runs longest pair first, so each batch pads only to lengths close to
+    its own. The Trainer's own choice with length grouping is a shuffled order,
+    which would leave the kept predictions out of step with the validation rows;
+    ``eval_order`` lets the caller put them back in row order.
+    """
+
+    eval_order: np.ndarray | None = None
+
+    def _get_eval_sampler(self, eval_dataset):
+        if "input_ids" not in getattr(eval_dataset, "column_names", ()):
+            return super()._get_eval_sampler(eval_dataset)
+        lengths = np.fromiter((len(ids) for ids in eval_dataset["input_ids"]), dtype=np.int64)
+        self.eval_order = np.argsort(-lengths, kind="stable")
+        return self.eval_order.tolist()
 
     def training_step(self, *args, **kwargs):
         loss = super().training_step(*args, **kwargs)
@@ -113,6 +128,7 @@ class _EpochCallback(TrainerCallback):
     def __init__(self, result: TrainResult, metric: str, maximize: bool, hook: EpochHook | None, progress):
         self.result, self.metric, self.maximize, self.hook, self.progress = result, metric, maximize, hook, progress
         self.last_logits: np.ndarray | None = None  # the evaluation that on_evaluate is about to see
+        self.eval_order: Callable[[], np.ndarray | None] | None = None  # the order evaluation ran in
         self.train_loss: float | None = None
         self.model = None
         self._last_progress = time.monotonic()
@@ -131,9 +147,15 @@ class _EpochCallback(TrainerCallback):
             self.train_loss = float(logs["loss"])
 
     def compute_metrics(self, eval_pred) -> dict[str, float]:
-        """Metrics as usual, keeping the logits: the best epoch's predictions need no second pass."""
+        """Metrics as usual, keeping the logits (in row order): the best epoch's predictions need no second pass."""
         logits = eval_pred.predictions
-        self.last_logits = logits[0] if isinstance(logits, tuple) else logits
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        order = self.eval_order() if self.eval_order is not None else None
+        if order is not None:
+            restored = np.empty_like(logits)
+            restored[order] = logits
+            logits = restored
+        self.last_logits = logits
         return compute_metrics(eval_pred)
 
     def on_evaluate(self, args, state, control, metrics=None, **kwargs):
@@ -187,6 +209,7 @@ def train(
             compute_metrics=callback.compute_metrics,
             callbacks=[callback],
         )
+        callback.eval_order = lambda: trainer.eval_order
         # With tqdm off the Trainer prints every log dict to stdout; our callback reports instead.
         trainer.remove_callback(PrinterCallback)
         output = trainer.train()

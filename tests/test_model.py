@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from runner.config import ConfigError
-from runner.model import ModelError, PretrainedModels, load_tokenizer, new_model, resolve_model
+from runner.model import ModelError, load_tokenizer, new_model, resolve_model
 
 
 def test_local_folder_resolves_to_its_absolute_path(tiny_model, monkeypatch):
@@ -77,46 +77,3 @@ def test_new_model_head_is_seeded(tiny_model):
     assert torch.equal(a.state_dict()[embeddings], c.state_dict()[embeddings])
     assert a.config.num_labels == 2
     assert a.config.id2label == {0: "not_equivalent", 1: "equivalent"}
-
-
-def test_pretrained_models_copies_weights_read_once(tiny_model, monkeypatch):
-    """Trials get the pretrained body and a seeded head without reading the weights again."""
-    models = PretrainedModels(str(tiny_model))
-    import runner.model
-
-    monkeypatch.setattr(runner.model, "_load", lambda *a, **k: pytest.fail("weights read from disk again"))
-    a, b, c = models.new(1), models.new(1), models.new(2)
-    for name in ("classifier.weight", "classifier.bias"):
-        assert torch.equal(a.state_dict()[name], b.state_dict()[name])
-    assert not torch.equal(a.state_dict()["classifier.weight"], c.state_dict()["classifier.weight"])
-    assert torch.count_nonzero(a.state_dict()["classifier.bias"]) == 0
-    # Drawn like from_pretrained draws a new head: normal(0, initializer_range).
-    std = float(a.state_dict()["classifier.weight"].std())
-    assert 0.5 * a.config.initializer_range < std < 1.5 * a.config.initializer_range
-    embeddings = "bert.embeddings.word_embeddings.weight"
-    assert torch.equal(a.state_dict()[embeddings], c.state_dict()[embeddings])
-    assert a.training and a.config.id2label == {0: "not_equivalent", 1: "equivalent"}
-
-
-def test_pretrained_models_copies_are_independent(tiny_model):
-    """Training one trial's model must not leak into the template or the next trial."""
-    models = PretrainedModels(str(tiny_model))
-    first = models.new(0)
-    before = first.state_dict()["bert.embeddings.word_embeddings.weight"].clone()
-    with torch.no_grad():
-        for p in first.parameters():
-            p.add_(1.0)
-    second = models.new(0)
-    assert torch.equal(second.state_dict()["bert.embeddings.word_embeddings.weight"], before)
-
-
-def test_pretrained_models_bad_weights_is_one_line(tmp_path, tiny_model):
-    import shutil
-
-    broken = tmp_path / "broken"
-    shutil.copytree(tiny_model, broken)
-    for weights in broken.glob("*.safetensors"):
-        weights.write_bytes(b"not safetensors")
-    with pytest.raises(ModelError) as err:
-        PretrainedModels(str(broken))
-    assert "\n" not in str(err.value)

@@ -9,7 +9,7 @@ from optuna.trial import FixedTrial
 from runner.checkpoint import BestCheckpoint
 from runner.config import DataConfig, SweepConfig
 from runner.data import load_mrpc, tokenize
-from runner.model import PretrainedModels, load_tokenizer
+from runner.model import load_tokenizer
 from runner.objective import Objective
 from runner.progress import SweepProgress
 from runner.tracking import Tracker
@@ -36,14 +36,7 @@ def objective(tmp_path, mrpc_dir, tiny_model, premade_mlflow_db):
     checkpoint = BestCheckpoint(tmp_path / "best", "fixed", maximize=False)
     progress = SweepProgress(total=1, done=0, metric="eval_loss", maximize=False)
     return Objective(
-        cfg,
-        PretrainedModels(str(tiny_model)),
-        tokenizer,
-        data,
-        tokenize(data, tokenizer, 64),
-        tracker,
-        checkpoint,
-        progress,
+        cfg, str(tiny_model), tokenizer, data, tokenize(data, tokenizer, 64), tracker, checkpoint, progress
     )
 
 

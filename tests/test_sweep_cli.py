@@ -109,17 +109,17 @@ def test_last_epoch_is_never_pruned(run_sweep, store, monkeypatch):
 
 
 def _new_model_failing(monkeypatch, calls_that_fail, error):
-    import runner.model
+    import runner.objective
 
-    real, calls = runner.model.PretrainedModels.new, []
+    real, calls = runner.objective.new_model, []
 
-    def new_model(self, seed):
+    def new_model(source, seed):
         calls.append(seed)
         if calls_that_fail == "all" or len(calls) in calls_that_fail:
             raise error
-        return real(self, seed)
+        return real(source, seed)
 
-    monkeypatch.setattr(runner.model.PretrainedModels, "new", new_model)
+    monkeypatch.setattr(runner.objective, "new_model", new_model)
 
 
 @pytest.mark.usefixtures("premade_mlflow_db")

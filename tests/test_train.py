@@ -165,3 +165,25 @@ def test_training_arguments_never_save(tmp_path):
     assert args.warmup_steps == pytest.approx(0.1)
     assert args.report_to in ([], "none", ["none"])
     assert not args.logging_nan_inf_filter
+
+
+def test_kept_predictions_follow_the_validation_rows(setup):
+    """Evaluation runs longest pair first; the kept predictions must still line up with the rows in file order."""
+    source, tokenizer, tokenized = setup
+    settings = SETTINGS.model_copy(update={"group_by_length": True, "per_device_eval_batch_size": 3})
+    model = new_model(source, 7)
+    result = train(model, tokenizer, tokenized["train"], tokenized["validation"], hp(num_train_epochs=1), settings)
+    validation = tokenized["validation"]
+    lengths = [len(ids) for ids in validation["input_ids"]]
+    assert lengths != sorted(lengths, reverse=True), "the fixture's rows must not already be in evaluation order"
+    model.eval()
+    with torch.no_grad():
+        direct = np.stack(
+            [
+                torch.softmax(model(**{k: torch.tensor([row[k]]) for k in tokenizer.model_input_names}).logits, -1)[0]
+                for row in validation
+            ]
+        )
+    # Rows differ by more than the tolerance, so a shuffled order could not pass.
+    assert np.abs(direct[:, None, 0] - direct[None, :, 0]).max() > 10 * 2e-6
+    np.testing.assert_allclose(result.probabilities, direct, atol=2e-6)
