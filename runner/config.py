@@ -132,6 +132,9 @@ class StudyConfig(_Strict):
     storage: str = "sqlite:///mlruns/optuna.db"
     # Stop the sweep once this share of its trials failed (after at least 3 failures).
     max_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # Rerun a trial whose worker crashed or was stopped up to this many times, with the same
+    # params. Trials that raised (a NaN loss, a bad batch size) would fail the same way again.
+    retry_failed: Annotated[int, Field(ge=0)] = 0
 
 
 class ModelConfig(_Strict):
