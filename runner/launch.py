@@ -63,6 +63,7 @@ def apply_thread_limit() -> None:
         import torch
 
         torch.set_num_threads(int(threads))
+        log.info("this worker uses %d torch thread(s)", torch.get_num_threads())
 
 
 def strip_workers_flag(argv: Sequence[str]) -> list[str]:

@@ -13,13 +13,14 @@ import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import optuna
 import pytest
 import requests
 from optuna.trial import TrialState
 
-from conftest import REPO
+REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
