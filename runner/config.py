@@ -21,7 +21,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # No .inf / .nan anywhere: YAML reads them as floats, and a range up to .inf or a weight
+    # decay of .inf passes every bound check, then fails (or trains garbage) inside a trial.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # --- search space ---------------------------------------------------------------
