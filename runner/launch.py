@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import IO
 
@@ -113,7 +114,7 @@ class Launcher:
                     relay = threading.Thread(target=self._relay, args=(index, stream, sink), daemon=True)
                     relay.start()
                     relays.append(relay)
-            codes = [self._wait(proc) for proc in self.procs]
+            codes = self._wait_all()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -121,12 +122,18 @@ class Launcher:
             relay.join(timeout=5)
         return self._summarise(codes)
 
-    def _wait(self, proc: subprocess.Popen) -> int:
-        while True:
-            try:
-                return proc.wait()
-            except KeyboardInterrupt:  # our handler is in place; this is a second, raw SIGINT
-                self._forward(signal.SIGINT, None)
+    def _wait_all(self) -> list[int]:
+        # Reap each worker as soon as it ends, whatever the order: a dead worker left unreaped is a
+        # zombie, and its siblings must see it gone to take over its trial (runner.worker.is_dead).
+        codes: dict[int, int] = {}
+        while len(codes) < len(self.procs):
+            for index, proc in enumerate(self.procs):
+                if index not in codes and proc.poll() is not None:
+                    codes[index] = proc.returncode
+                    if proc.returncode != 0:
+                        log.warning("worker %d ended with exit code %d", index, proc.returncode)
+            time.sleep(0.2)
+        return [codes[i] for i in range(len(self.procs))]
 
     def _forward(self, signum: int, frame) -> None:
         self.interrupted = True

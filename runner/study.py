@@ -34,6 +34,7 @@ log = logging.getLogger("runner")
 
 __all__ = ["check_storage_url", "open_storage", "make_study", "run_sweep"]
 
+WORKER_STARTS_ATTR = "runner.worker_starts"  # study user attr: how many sweep processes have joined it
 OBJECTIVE_ATTR = "runner.objective"  # study user attr: metric, direction and search space it optimises
 
 
@@ -48,22 +49,25 @@ def make_study(cfg: SweepConfig) -> optuna.Study:
     creating the tables and the study is not safe to interleave (see runner.storage).
     """
     storage = open_storage(cfg.study.storage)
-    previous = _existing_trials(storage, cfg.study.name)
-    # Offset the seed by the trials already run so a resumed study does not replay its first proposals.
-    sampler = (
-        optuna.samplers.TPESampler(seed=cfg.train.seed + previous, n_startup_trials=cfg.study.n_startup_trials)
-        if cfg.study.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=cfg.train.seed + previous)
-    )
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage,
-        sampler=sampler,
         pruner=make_pruner(cfg),
         direction=cfg.study.direction,
         load_if_exists=True,
     )
     check_same_objective(study, cfg)
+    # Offset the seed by the trials already run, so a resumed study does not replay its first
+    # proposals, and by the workers that joined before, so workers starting together on an empty
+    # study do not propose the same parameters in lockstep. A lone first start keeps train.seed.
+    starts = int(study.user_attrs.get(WORKER_STARTS_ATTR, 0))
+    study.set_user_attr(WORKER_STARTS_ATTR, starts + 1)
+    seed = cfg.train.seed + len(study.get_trials(deepcopy=False)) + 7919 * starts
+    study.sampler = (
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.study.n_startup_trials)
+        if cfg.study.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
     return study
 
 
@@ -110,14 +114,6 @@ def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
     if cfg.study.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs(cfg), reduction_factor=3)
     return optuna.pruners.NopPruner()
-
-
-def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return 0
-    return len(storage.get_all_trials(study_id, deepcopy=False))
 
 
 def settle_stale(study: optuna.Study, tracker: Tracker) -> None:
@@ -247,6 +243,10 @@ def optimize(
     )
 
     def linked(trial: optuna.Trial) -> float:
+        # Other workers finish trials too: show the study's count and best, not this process's.
+        progress.done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            progress.set_best(study.best_value, study.best_trial.number)
         # A retried trial's run points at the run of the trial it repeats.
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         origin = retry_origin(next(t for t in running if t.number == trial.number))
@@ -317,6 +317,10 @@ def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, st
                 tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
             tracker.update_study_run(metrics, tags, files)
     finally:
+        # A sibling worker killed during this sweep: its trial was failed in Optuna by the
+        # scheduler; fail its MLflow run too, so no run stays RUNNING for ever.
+        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        tracker.settle_orphans(study.study_name, live)
         others = running_elsewhere(study)
         if others:
             log.info("study run left open: trial(s) %s still running on other workers", ", ".join(map(str, others)))

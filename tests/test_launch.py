@@ -88,6 +88,8 @@ def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
         assert f"this worker uses {threads} torch thread(s)" in proc.stderr
     study = store.study()
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    # Workers that start together must not propose the same parameters in lockstep.
+    assert len({t.params["learning_rate"] for t in study.trials}) == 4
     parent = store.parent()
     assert parent.info.status == "FINISHED"
     children = store.children()

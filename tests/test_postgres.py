@@ -142,6 +142,7 @@ def test_two_workers_share_one_study(tmp_path, new_database, tracking_server, sw
     states = [t.state for t in study.trials]
     assert states.count(TrialState.COMPLETE) + states.count(TrialState.PRUNED) == total
     assert len(study.trials) == total, "no surplus trial was started"
+    assert len({t.params["learning_rate"] for t in study.trials}) == total, "workers proposed the same params"
 
     (parent,) = _runs(tracking_server, "pg-two", "study")
     assert parent.info.status == "FINISHED"

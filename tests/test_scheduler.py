@@ -131,3 +131,27 @@ def test_only_crashed_trials_are_retried_and_at_most_n_times(storage_url):
     assert enqueue_retries(study, 1) == []  # one retry per original was allowed
     assert enqueue_retries(study, 2) == [retry.number]
     assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[-1]) == [crashed.number, retry.number]
+
+
+def test_a_killed_but_unreaped_worker_counts_as_dead():
+    """A worker killed under the --workers launcher stays a zombie until reaped; its trial must not wait for it."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from runner.worker import is_dead
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        record = {"host": socket.gethostname(), "pid": child.pid, "started": psutil.Process(child.pid).create_time()}
+        assert not is_dead(record)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_dead(record)  # not reaped yet: still has its pid and start time
+    finally:
+        child.kill()
+        child.wait()
