@@ -25,6 +25,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from runner.config import ConfigError, TrackingConfig
+from runner.storage import use_wal
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +83,10 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self.system_metrics = system_metrics
         self.experiment_id = self._experiment(experiment, artifact_location)
+        if url.scheme == "sqlite" and url.path.removeprefix("/") not in ("", ":memory:"):
+            # Local workers (--workers K) write runs at once: with write-ahead logging readers never
+            # wait for a writer, and MLflow's 5 s busy timeout is not reached.
+            use_wal(Path(url.path.removeprefix("/")))
         self.study_run_id: str | None = None
         self._pending_tags: dict[int, dict[str, str]] = {}
 

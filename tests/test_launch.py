@@ -96,6 +96,11 @@ def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
     assert [c.data.tags["optuna.trial_number"] for c in children] == ["0", "1", "2", "3"]
     assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
     assert all(c.info.status == "FINISHED" for c in children)
+    import sqlite3
+
+    for name in ("optuna.db", "mlflow.db"):  # concurrent local writers: write-ahead logging on both stores
+        with sqlite3.connect(tmp_path / "mlruns" / name) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 @pytest.mark.parametrize("flags", [["--workers", "0"], ["--workers", "two"], ["--retry-failed", "-1"]])
