@@ -1,4 +1,4 @@
-"""runner.scheduler and runner.storage: exact totals across workers, crash retries, the study lock (SQLite)."""
+"""runner.scheduler and runner.storage: exact totals across workers, retries, the lock, who ends the study run."""
 
 from __future__ import annotations
 
@@ -155,3 +155,46 @@ def test_a_killed_but_unreaped_worker_counts_as_dead():
     finally:
         child.kill()
         child.wait()
+
+
+@pytest.mark.usefixtures("premade_mlflow_db")
+def test_a_worker_that_stops_while_others_run_leaves_the_study_run_open(run_sweep, store, monkeypatch):
+    """Only the last worker to stop ends the study run; until then it stays RUNNING, never KILLED or FINISHED."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    import runner.objective
+
+    assert run_sweep("--trials", "1").code == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a live "other worker"
+    try:
+        trial = store.study().ask()
+        trial.set_user_attr(
+            "worker",
+            {"host": socket.gethostname(), "pid": other.pid, "started": psutil.Process(other.pid).create_time()},
+        )
+
+        def interrupted(source, seed):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(runner.objective, "new_model", interrupted)
+            assert run_sweep("--trials", "3").code == 130  # this worker stops; the other still runs trial 1
+        assert store.parent().info.status == "RUNNING"
+        assert [r.info.status for r in store.children()] == ["FINISHED", "KILLED"]  # trial 2: this worker's
+    finally:
+        other.kill()
+        other.wait()
+    # The other worker is gone too: the next start fails its trial and, being the last, ends the study run.
+    assert run_sweep("--trials", "3").code == 0
+    assert store.parent().info.status == "FINISHED"
+    assert [t.state for t in store.study().trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+    ]
