@@ -146,16 +146,24 @@ sentences = st.one_of(
 )
 
 
+# Text that pandas would turn into NaN or a number unless told not to: valid MRPC sentences all the same.
+TRICKY_SENTENCES = ["NA", "null", "None", "nan", "1.5", "True", "#1 String"]
+
+
 @st.composite
-def tables(draw):
-    """Mostly MRPC-shaped (so the row checks are reached), sometimes any header and ragged rows."""
-    header = draw(st.sampled_from([GLUE_HEADER, COLUMNS, None]))
+def tables(draw, clean: bool):
+    """MRPC-shaped (clean: every row valid), or with any header, bad labels, ragged rows and odd text."""
+    header = draw(st.sampled_from([GLUE_HEADER, COLUMNS] if clean else [GLUE_HEADER, COLUMNS, None]))
     if header is None:
         header = draw(st.lists(st.sampled_from(HEADERS), min_size=0, max_size=6))
+    label = st.sampled_from(["0", "1"]) if clean else labels
+    sentence = (
+        st.sampled_from(["The cat sat.", "A dog ran.", "It's \"quoted", *TRICKY_SENTENCES]) if clean else sentences
+    )
     rows = []
     for _ in range(draw(st.integers(1, 6))):
-        row = [draw(labels) if name in ("Quality", "label") else draw(sentences) for name in header]
-        if draw(st.integers(0, 9)) == 0:
+        row = [draw(label) if name in ("Quality", "label") else draw(sentence) for name in header]
+        if not clean and draw(st.integers(0, 9)) == 0:
             row = row[: draw(st.integers(0, len(row)))]  # a short row
         rows.append(row)
     return header, rows
@@ -163,17 +171,18 @@ def tables(draw):
 
 @st.composite
 def data_folders(draw):
+    clean = draw(st.booleans())  # half the folders valid, so the checks on loaded data run too
     suffix = draw(st.sampled_from([".tsv", ".csv"]))
     sep = "\t" if suffix == ".tsv" else ","
-    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-8-sig", "latin-1", "utf-16"]))
-    names = draw(
-        st.sampled_from([["train", "dev"], ["train", "validation"], ["train"], ["dev"], ["train", "dev", "test"]])
-    )
+    encodings = ["utf-8", "utf-8-sig"] if clean else ["utf-8", "utf-8", "utf-8-sig", "latin-1", "utf-16"]
+    encoding = draw(st.sampled_from(encodings))
+    splits = [["train", "dev"], ["train", "validation"], ["train", "dev", "test"]]
+    names = draw(st.sampled_from(splits if clean else [*splits, ["train"], ["dev"]]))
     files = {}
     for name in names:
-        header, rows = draw(tables())
+        header, rows = draw(tables(clean))
         lines = [sep.join(header)] + [sep.join(row) for row in rows]
-        if draw(st.booleans()):
+        if not clean and draw(st.booleans()):
             lines.insert(draw(st.integers(0, len(lines))), "")  # an empty line somewhere
         files[f"{name}{suffix}"] = "\n".join(lines).encode(encoding, "replace")
     return files
@@ -195,7 +204,7 @@ def test_generated_data_folders(files):
     for split in data.splits.values():
         assert split.column_names == COLUMNS and len(split) > 0
         assert set(split["label"]) <= {0, 1}
-        assert all(isinstance(s, str) and s.strip() for s in split["sentence1"] + split["sentence2"])
+        assert all(isinstance(s, str) and s.strip() for s in [*split["sentence1"], *split["sentence2"]])
 
 
 def test_valid_glue_files_still_load(mrpc_dir):
