@@ -306,7 +306,7 @@ def format_errors(err: ValidationError) -> str:
     """Join pydantic's errors into one line: ``path: problem; path: problem``."""
     parts = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not _is_union_tag(p)]
+        loc = [_printable(p) for p in e["loc"] if not _is_union_tag(p)]
         path = ".".join(loc)
         if e["type"] == "extra_forbidden":
             parts.append(f"{path}: unknown key{_hint(loc[-1], _valid_keys(loc[:-1]))}")
@@ -322,6 +322,13 @@ def format_errors(err: ValidationError) -> str:
 
 
 _UNION_TAGS = {"range", "fixed", "float", "int", "categorical", "bool", "str"}
+
+
+def _printable(part: Any) -> str:
+    # A key is whatever the YAML says; one with a newline or control character would break the
+    # one-line error (found by the fuzz in tests/test_fuzz.py): show it quoted and escaped.
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def _is_union_tag(part: Any) -> bool:
