@@ -7,10 +7,13 @@ crash never leaves a half-written model where a good one was.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +57,22 @@ class BestCheckpoint:
 
     def offer(self, model, tokenizer, value: float, info: dict[str, Any], config_yaml: str) -> bool:
         """Save ``model`` (already holding its best weights) if it beats the stored one."""
+        with self._exclusive():
+            return self._offer(model, tokenizer, value, info, config_yaml)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        # Local workers of one study share this folder: compare and replace as one step,
+        # or a worse model saved last could win, or two renames of the same folder collide.
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # closing releases the lock
+
+    def _offer(self, model, tokenizer, value: float, info: dict[str, Any], config_yaml: str) -> bool:
         if not self.is_better(value):
             return False
         staging = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")

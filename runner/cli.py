@@ -71,7 +71,8 @@ def run_command(
     except ConfigError as err:
         if debug:
             raise
-        print(f"{prog}: error: {err}", file=sys.stderr)
+        # One line whatever the message holds (a key from the YAML may contain a newline).
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except (WorkFailed, *failures) as err:
         if debug:

@@ -21,7 +21,9 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+    # No .inf / .nan anywhere: YAML reads them as floats, and a range up to .inf or a weight
+    # decay of .inf passes every bound check, then fails (or trains garbage) inside a trial.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 # --- search space ---------------------------------------------------------------
@@ -132,6 +134,9 @@ class StudyConfig(_Strict):
     storage: str = "sqlite:///mlruns/optuna.db"
     # Stop the sweep once this share of its trials failed (after at least 3 failures).
     max_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    # Rerun a trial whose worker crashed or was stopped up to this many times, with the same
+    # params. Trials that raised (a NaN loss, a bad batch size) would fail the same way again.
+    retry_failed: Annotated[int, Field(ge=0)] = 0
 
 
 class ModelConfig(_Strict):
@@ -301,7 +306,7 @@ def format_errors(err: ValidationError) -> str:
     """Join pydantic's errors into one line: ``path: problem; path: problem``."""
     parts = []
     for e in err.errors():
-        loc = [str(p) for p in e["loc"] if not _is_union_tag(p)]
+        loc = [_printable(p) for p in e["loc"] if not _is_union_tag(p)]
         path = ".".join(loc)
         if e["type"] == "extra_forbidden":
             parts.append(f"{path}: unknown key{_hint(loc[-1], _valid_keys(loc[:-1]))}")
@@ -317,6 +322,13 @@ def format_errors(err: ValidationError) -> str:
 
 
 _UNION_TAGS = {"range", "fixed", "float", "int", "categorical", "bool", "str"}
+
+
+def _printable(part: Any) -> str:
+    # A key is whatever the YAML says; one with a newline or control character would break the
+    # one-line error (found by the fuzz in tests/test_fuzz.py): show it quoted and escaped.
+    text = str(part)
+    return text if text.isprintable() and text.strip() == text and text else repr(text)
 
 
 def _is_union_tag(part: Any) -> bool:

@@ -24,13 +24,17 @@ from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
 from runner.model import load_tokenizer, resolve_model
 from runner.objective import Objective
 from runner.progress import SweepProgress
+from runner.scheduler import FINISHED, retry_origin, run_until_total, settle_dead_workers
 from runner.space import max_epochs, to_distributions
+from runner.storage import StudyLock, check_storage_reachable, check_storage_url, open_storage
 from runner.tracking import Tracker, check_reachable
 from runner.train import resolve_precision
 
 log = logging.getLogger("runner")
 
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+__all__ = ["check_storage_url", "open_storage", "make_study", "run_sweep"]
+
+WORKER_STARTS_ATTR = "runner.worker_starts"  # study user attr: how many sweep processes have joined it
 OBJECTIVE_ATTR = "runner.objective"  # study user attr: metric, direction and search space it optimises
 
 
@@ -39,24 +43,31 @@ class SweepFailed(WorkFailed):
 
 
 def make_study(cfg: SweepConfig) -> optuna.Study:
-    """Create or load the study; sampler and pruner are not stored, so they are rebuilt each time."""
+    """Create or load the study; sampler and pruner are not stored, so they are rebuilt each time.
+
+    Several workers starting together must call this holding the study's ``StudyLock``:
+    creating the tables and the study is not safe to interleave (see runner.storage).
+    """
     storage = open_storage(cfg.study.storage)
-    previous = _existing_trials(storage, cfg.study.name)
-    # Offset the seed by the trials already run so a resumed study does not replay its first proposals.
-    sampler = (
-        optuna.samplers.TPESampler(seed=cfg.train.seed + previous, n_startup_trials=cfg.study.n_startup_trials)
-        if cfg.study.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=cfg.train.seed + previous)
-    )
     study = optuna.create_study(
         study_name=cfg.study.name,
         storage=storage,
-        sampler=sampler,
         pruner=make_pruner(cfg),
         direction=cfg.study.direction,
         load_if_exists=True,
     )
     check_same_objective(study, cfg)
+    # Offset the seed by the trials already run, so a resumed study does not replay its first
+    # proposals, and by the workers that joined before, so workers starting together on an empty
+    # study do not propose the same parameters in lockstep. A lone first start keeps train.seed.
+    starts = int(study.user_attrs.get(WORKER_STARTS_ATTR, 0))
+    study.set_user_attr(WORKER_STARTS_ATTR, starts + 1)
+    seed = cfg.train.seed + len(study.get_trials(deepcopy=False)) + 7919 * starts
+    study.sampler = (
+        optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.study.n_startup_trials)
+        if cfg.study.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=seed)
+    )
     return study
 
 
@@ -105,54 +116,13 @@ def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def check_storage_url(url: str) -> None:
-    """Reject a malformed storage URL or a missing database driver without connecting."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
-
-    try:
-        make_url(url).get_dialect()
-    except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise ConfigError(f"invalid Optuna storage URL {url!r}: {err}") from None
-    except ImportError as err:
-        raise ConfigError(f"Optuna storage {url!r} needs a database driver: {err}") from None
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An Optuna RDB storage; a malformed URL is a config error, not a traceback."""
-    if url.startswith("sqlite:///"):
-        db = url.removeprefix("sqlite:///")
-        if db and db != ":memory:":
-            Path(db).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
-    except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
-        raise ConfigError(f"cannot open Optuna storage {url!r}: {str(err).strip().splitlines()[0]}") from None
-
-
-def _existing_trials(storage: optuna.storages.BaseStorage, name: str) -> int:
-    try:
-        study_id = storage.get_study_id_from_name(name)
-    except KeyError:
-        return 0
-    return len(storage.get_all_trials(study_id, deepcopy=False))
-
-
 def settle_stale(study: optuna.Study, tracker: Tracker) -> None:
     """Trials left RUNNING by a dead process: fail them in Optuna and in MLflow.
 
     A trial whose worker ran on this host and is gone is failed at once; others
     (other hosts) when Optuna's heartbeat grace period has passed.
     """
-    dead = [
-        t.number
-        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if worker.is_dead(t.user_attrs.get("worker"))
-    ]
-    for number in dead:
-        study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
-    if dead:
-        log.info("marked trial(s) %s of dead workers as failed", ", ".join(map(str, dead)))
+    settle_dead_workers(study)
     optuna.storages.fail_stale_trials(study)  # other hosts' trials, once the heartbeat grace has passed
     live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
     tracker.settle_orphans(study.study_name, live)
@@ -192,6 +162,7 @@ class Inputs:
 def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
     """Check the stores and load data, tokenizer and tokens; writes nothing to the stores."""
     check_storage_url(cfg.study.storage)
+    check_storage_reachable(cfg.study.storage)
     check_reachable(cfg.tracking.tracking_uri)
     data = load_mrpc(cfg.data, resolve_data_dir(cfg.data, data_dir), seed=cfg.train.seed)
     log.info("data: %s %s", data.source, data.sizes())
@@ -201,23 +172,35 @@ def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
 
 
 def run_sweep(cfg: SweepConfig, data_dir: str | None = None) -> int:
-    """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed."""
+    """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed.
+
+    Any number of workers may run this at once against one storage and tracking store:
+    together they finish exactly ``n_trials`` trials under one MLflow study run.
+    """
     inputs = prepare_inputs(cfg, data_dir)
-    study = make_study(cfg)
-    tracker = Tracker(
-        cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, cfg.tracking.system_metrics
-    )
-    tracker.open_study_run(study, reproduction_tags(cfg))
-    status = "KILLED"  # unless we get to the end: Ctrl-C, SIGTERM or a bug
+    lock = _open_lock(cfg)
     try:
-        tracker.log_dataset(dict(inputs.data.splits), inputs.data.source, "mrpc")
-        settle_stale(study, tracker)
-        checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
-        checkpoint.remove_leftovers()
-        guard = optimize(study, cfg, inputs, tracker, checkpoint)
-        status = "FAILED" if guard.tripped else "FINISHED"
+        # One worker at a time creates the tables, the study, the experiment and the study run:
+        # the second one in finds them and joins (see runner.storage).
+        with lock:
+            study = make_study(cfg)
+            tracker = Tracker(
+                cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, cfg.tracking.system_metrics
+            )
+            tracker.open_study_run(study, reproduction_tags(cfg))
+        status = "KILLED"  # unless we get to the end: Ctrl-C, SIGTERM or a bug
+        try:
+            tracker.log_dataset(dict(inputs.data.splits), inputs.data.source, "mrpc")
+            with lock:
+                settle_stale(study, tracker)
+            checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
+            checkpoint.remove_leftovers()
+            guard = optimize(study, cfg, inputs, tracker, checkpoint, lock)
+            status = "FAILED" if guard.tripped else "FINISHED"
+        finally:
+            finish_study_run(study, tracker, cfg, status)
     finally:
-        finish_study_run(study, tracker, cfg, status)
+        lock.close()
     if guard.tripped:
         raise SweepFailed(
             f"stopped: {len(guard.errors)} of {guard.attempts} trials failed; most common error: {guard.common_error()}"
@@ -226,10 +209,22 @@ def run_sweep(cfg: SweepConfig, data_dir: str | None = None) -> int:
     return 0
 
 
+def _open_lock(cfg: SweepConfig) -> StudyLock:
+    try:
+        return StudyLock(cfg.study.storage, cfg.study.name)
+    except Exception as err:  # noqa: BLE001 - a database or folder we cannot use is the user's to fix
+        raise ConfigError(f"cannot lock study {cfg.study.name!r} in {cfg.study.storage}: {err}") from None
+
+
 def optimize(
-    study: optuna.Study, cfg: SweepConfig, inputs: Inputs, tracker: Tracker, checkpoint: BestCheckpoint
+    study: optuna.Study,
+    cfg: SweepConfig,
+    inputs: Inputs,
+    tracker: Tracker,
+    checkpoint: BestCheckpoint,
+    lock: StudyLock,
 ) -> FailureGuard:
-    """Run trials until the study has ``n_trials`` finished ones or too many fail."""
+    """Run trials until the study has ``n_trials`` finished ones (across all workers) or too many fail."""
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     progress = SweepProgress(cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize")
     if any(t.state == TrialState.COMPLETE for t in study.trials):
@@ -246,13 +241,28 @@ def optimize(
         cfg.model.name,
         resolve_precision(True),
     )
-    if done < cfg.study.n_trials:
-        study.optimize(
-            objective,
-            callbacks=[optuna.study.MaxTrialsCallback(cfg.study.n_trials, states=FINISHED), guard],
-            catch=(Exception,),
-            gc_after_trial=True,
-        )
+
+    def linked(trial: optuna.Trial) -> float:
+        # Other workers finish trials too: show the study's count and best, not this process's.
+        progress.done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            progress.set_best(study.best_value, study.best_trial.number)
+        # A retried trial's run points at the run of the trial it repeats.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        origin = retry_origin(next(t for t in running if t.number == trial.number))
+        if origin is not None:
+            tracker.link_retry(study.study_name, trial.number, *origin)
+        return objective(trial)
+
+    run_until_total(
+        study,
+        linked,
+        cfg.study.n_trials,
+        lock,
+        callbacks=[guard],
+        should_stop=lambda: guard.tripped,
+        retry_failed=cfg.study.retry_failed,
+    )
     return guard
 
 
@@ -286,7 +296,12 @@ def _git_commit() -> str | None:
 
 
 def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, status: str) -> None:
-    """Config, trials table, best trial and plots on the study run, then end it."""
+    """Config, trials table, best trial and plots on the study run, then end it.
+
+    With several workers the last one to stop ends it: a worker that stops while
+    trials of other live workers still run leaves it RUNNING (each worker records
+    its own trial's end before it looks, so the last to look sees none running).
+    """
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -302,7 +317,24 @@ def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, st
                 tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
             tracker.update_study_run(metrics, tags, files)
     finally:
-        tracker.close_study_run(status)
+        # A sibling worker killed during this sweep: its trial was failed in Optuna by the
+        # scheduler; fail its MLflow run too, so no run stays RUNNING for ever.
+        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        tracker.settle_orphans(study.study_name, live)
+        others = running_elsewhere(study)
+        if others:
+            log.info("study run left open: trial(s) %s still running on other workers", ", ".join(map(str, others)))
+        else:
+            tracker.close_study_run(status)
+
+
+def running_elsewhere(study: optuna.Study) -> list[int]:
+    """Numbers of RUNNING trials whose worker is alive (or on another host)."""
+    return [
+        t.number
+        for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not worker.is_dead(t.user_attrs.get("worker"))
+    ]
 
 
 def _run_id_of(tracker: Tracker, study: optuna.Study, number: int) -> str:

@@ -25,6 +25,9 @@ EXAMPLES = """examples:
   python -m runner.sweep --trials 20                       # the default sweep (sweeps/mrpc.yaml)
   python -m runner.sweep --config sweeps/smoke.yaml --trials 3 --data-dir ../shared/data/mrpc
   python -m runner.sweep --study lr-fixed --set search_space.learning_rate=5e-5
+  python -m runner.sweep --trials 20 --workers 2            # two worker processes on this machine
+  python -m runner.sweep --storage postgresql://USER:PASS@HOST/optuna --tracking-uri http://HOST:5000
+                                                           # the same command on each machine: one shared study
 Re-running the same command after a crash or Ctrl-C resumes the study up to --trials."""
 
 
@@ -58,9 +61,41 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override any config value, e.g. --set search_space.learning_rate=5e-5 (repeatable)",
     )
+    p.add_argument(
+        "--workers",
+        metavar="K",
+        type=_int_arg("--workers"),
+        help="run K worker processes on this machine on the same study (one per GPU when there are GPUs, "
+        "else each with its share of the CPU cores); default 1",
+    )
+    p.add_argument(
+        "--retry-failed",
+        metavar="N",
+        type=_int_arg("--retry-failed"),
+        help="rerun a trial whose worker crashed or was stopped (killed, Ctrl-C, SIGTERM) up to N times with "
+        "the same params; trials that failed by themselves (a NaN loss, an error in training) are not retried, "
+        "they would fail the same way again (default: study.retry_failed, 0)",
+    )
     p.add_argument("--no-system-metrics", action="store_true", help="do not log CPU/memory/GPU metrics on trial runs")
     p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     return p
+
+
+def _int_arg(flag: str):
+    # argparse would print its usage block as well; we want one line, raised where main() reports it.
+    def parse(text: str) -> int | str:
+        try:
+            return int(text)
+        except ValueError:
+            return text
+
+    parse.__name__ = flag
+    return parse
+
+
+def _check_count(flag: str, value: int | str | None, minimum: int) -> None:
+    if value is not None and (not isinstance(value, int) or value < minimum):
+        raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value!r}")
 
 
 def default_config_path() -> Path:
@@ -81,12 +116,23 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
         "study.storage": args.storage,
         "tracking.tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "model.name": args.model,
+        "study.retry_failed": args.retry_failed,
     }
     overrides.update({k: v for k, v in named.items() if v is not None})
     if args.no_system_metrics:
         overrides["tracking.system_metrics"] = False
     overrides.update(parse_override(item) for item in args.overrides)
     return load_config(path, overrides)
+
+
+def _launch(cfg: SweepConfig, workers: int, argv: list[str]) -> int:
+    from runner.launch import launch_workers
+    from runner.storage import check_storage_url, is_shared_storage
+
+    check_storage_url(cfg.study.storage)
+    if not is_shared_storage(cfg.study.storage):
+        raise ConfigError(f"--workers needs a storage the workers share, not {cfg.study.storage}")
+    return launch_workers(argv, workers)
 
 
 def _on_sigterm(signum, frame):
@@ -100,13 +146,24 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
 
     def work() -> int:
+        _check_count("--workers", args.workers, 1)
+        _check_count("--retry-failed", args.retry_failed, 0)
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
+        if args.workers is not None and args.workers > 1:
+            return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv)
+        from runner.launch import apply_thread_limit
         from runner.study import run_sweep
 
+        apply_thread_limit()
         return run_sweep(cfg, args.data_dir)
 
+    launcher = isinstance(args.workers, int) and args.workers > 1
     return run_command(
-        "runner.sweep", work, args.debug, on_interrupt="interrupted; run the same command again to resume"
+        "runner.sweep",
+        work,
+        args.debug,
+        on_interrupt="interrupted; run the same command again to resume",
+        quiet=not launcher,  # the launcher itself trains nothing: skip importing the ML libraries
     )
 
 

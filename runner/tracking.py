@@ -20,15 +20,18 @@ import mlflow
 import optuna
 import requests
 from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
 from runner.config import ConfigError, TrackingConfig
+from runner.storage import use_wal
 
 log = logging.getLogger(__name__)
 
 STUDY_RUN_ATTR = "mlflow_run_id"  # Optuna study user attr that remembers the parent run
 MAX_PARAM_LENGTH = 6000  # MLflow's limit per param value
+DEFAULT_ARTIFACTS = TrackingConfig().artifact_location
 
 
 class TrackingError(ConfigError):
@@ -79,13 +82,32 @@ class Tracker:
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.system_metrics = system_metrics
-        found = self.client.get_experiment_by_name(experiment)
-        if found is None:
-            location = _artifact_uri(f"{artifact_location.rstrip('/')}/{experiment}")
-            self.experiment_id = self.client.create_experiment(experiment, artifact_location=location)
-        else:
-            self.experiment_id = found.experiment_id
+        self.experiment_id = self._experiment(experiment, artifact_location)
+        if url.scheme == "sqlite" and url.path.removeprefix("/") not in ("", ":memory:"):
+            # Local workers (--workers K) write runs at once: with write-ahead logging readers never
+            # wait for a writer, and MLflow's 5 s busy timeout is not reached.
+            use_wal(Path(url.path.removeprefix("/")))
         self.study_run_id: str | None = None
+        self._pending_tags: dict[int, dict[str, str]] = {}
+
+    def _experiment(self, name: str, artifact_location: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location: str | None = _artifact_uri(f"{artifact_location.rstrip('/')}/{name}")
+        if urlparse(self.tracking_uri).scheme in ("http", "https") and artifact_location == DEFAULT_ARTIFACTS:
+            # A tracking server has its own artifact root, one that every worker machine reaches;
+            # a local folder would scatter artifacts over the workers' disks.
+            location = None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException as err:
+            # Another worker created it first (a worker not sharing our Optuna lock).
+            found = self.client.get_experiment_by_name(name)
+            if found is None:
+                raise
+            log.debug("experiment %s created by another worker: %s", name, err)
+            return found.experiment_id
 
     # --- the study (parent) run ---------------------------------------------------
 
@@ -149,6 +171,7 @@ class Tracker:
                 "runner.study": study_name,
                 "optuna.trial_number": str(trial_number),
                 "optuna.state": "RUNNING",
+                **self._pending_tags.pop(trial_number, {}),
             },
         )
         handle = TrialRun(self.client, run.info.run_id)
@@ -171,6 +194,32 @@ class Tracker:
         finally:
             if monitor is not None:
                 monitor.finish()
+
+    def link_retry(self, study_name: str, trial_number: int, original: int, history: list[int]) -> None:
+        """Tag the coming run of ``trial_number`` as a retry of ``original`` (and of ``history[-1]``).
+
+        The run of the trial it repeats gets ``runner.retried_by`` in turn, so either run leads to the other.
+        """
+        previous = history[-1] if history else original
+        previous_run = self._trial_run_id(study_name, previous)
+        tags = {
+            "runner.retry_of": str(original),
+            "runner.retry_of_run_id": self._trial_run_id(study_name, original) or "",
+            "runner.retry_history": ",".join(map(str, history)),
+            "runner.retry_previous_run_id": previous_run or "",
+        }
+        self._pending_tags[trial_number] = tags
+        if previous_run:
+            self.client.set_tag(previous_run, "runner.retried_by", str(trial_number))
+
+    def _trial_run_id(self, study_name: str, number: int) -> str | None:
+        runs = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`runner.role` = 'trial' and tags.`runner.study` = '{study_name}' "
+            f"and tags.`optuna.trial_number` = '{number}'",
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
 
     def _start_system_metrics(self, run_id: str):
         if not self.system_metrics:

@@ -23,6 +23,9 @@ def is_dead(worker: dict | None) -> bool:
     if not worker or worker.get("host") != socket.gethostname():
         return False
     try:
-        return psutil.Process(int(worker["pid"])).create_time() != worker.get("started")
+        process = psutil.Process(int(worker["pid"]))
+        # A killed worker whose parent (e.g. the --workers launcher) has not reaped it yet is a zombie:
+        # it still has its pid and start time, but it will never finish its trial.
+        return process.create_time() != worker.get("started") or process.status() == psutil.STATUS_ZOMBIE
     except (psutil.NoSuchProcess, psutil.AccessDenied, KeyError, ValueError):
         return True

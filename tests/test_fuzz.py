@@ -1,0 +1,230 @@
+"""Generated input for the config and data loaders: a valid result or the project's one error, nothing else.
+
+Example counts stay small so the suite stays fast; hypothesis keeps failing examples in .hypothesis/.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
+
+from runner.config import SEARCHABLE, ConfigError, SweepConfig, load_config, parse_override
+from runner.data import COLUMNS, GLUE_TSV_COLUMNS, DataError, load_mrpc
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# --- config -----------------------------------------------------------------------
+
+SECTIONS = {
+    name: list(field.annotation.model_fields)
+    for name, field in SweepConfig.model_fields.items()
+    if hasattr(field.annotation, "model_fields")
+}
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["1e-5", "on", "off", "tpe", "median", "maximize", "eval_f1", "float", "int", "categorical"]),
+)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=6,
+)
+keys = st.one_of(st.sampled_from([k for ks in SECTIONS.values() for k in ks]), st.text(max_size=8))
+distribution = st.fixed_dictionaries(
+    {"type": st.sampled_from(["float", "int", "categorical", "loguniform", 3])},
+    optional={
+        "low": scalars,
+        "high": scalars,
+        "log": scalars,
+        "step": scalars,
+        "choices": st.lists(scalars, max_size=3) | scalars,
+    },
+)
+space = st.dictionaries(st.sampled_from([*SEARCHABLE, "lr", "seed"]), distribution | scalars, max_size=3)
+section = st.dictionaries(keys, values, max_size=4)
+documents = st.dictionaries(
+    st.sampled_from([*SECTIONS, "search_space", "extra"]),
+    section | values,
+    max_size=4,
+).flatmap(lambda doc: space.map(lambda s: {**doc, "search_space": s}) if "search_space" in doc else st.just(doc))
+
+
+def _load_text(text: str | bytes):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8", "surrogatepass"))
+        try:
+            cfg = load_config(path)
+        except ConfigError as err:
+            message = str(err)
+            assert message and "\n" not in message.strip(), f"not one line: {message!r}"
+            return None
+    assert isinstance(cfg, SweepConfig)
+    return cfg
+
+
+@FUZZ
+@given(documents)
+@example({"study": {"\n": None}})  # found by this fuzz: a key with a newline made a two-line error
+def test_generated_yaml_documents(doc):
+    try:
+        text = yaml.safe_dump(doc, allow_unicode=True)
+    except yaml.YAMLError:
+        return
+    cfg = _load_text(text)
+    if cfg is not None:
+        assert all(math.isfinite(v) for v in _floats(cfg.model_dump()))
+        for entry in cfg.searched().values():
+            low, high = getattr(entry, "low", 0), getattr(entry, "high", 0)
+            assert low <= high and not (getattr(entry, "log", False) and low <= 0)
+
+
+def _floats(tree):
+    if isinstance(tree, float):
+        yield tree
+    elif isinstance(tree, dict):
+        for value in tree.values():
+            yield from _floats(value)
+    elif isinstance(tree, list):
+        for value in tree:
+            yield from _floats(value)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "search_space:\n  weight_decay: {type: float, low: 0.0, high: .inf}\n",
+        "hyperparameters:\n  weight_decay: .inf\n",
+        "train:\n  max_grad_norm: .nan\n",
+        "search_space:\n  learning_rate: {type: categorical, choices: [.nan]}\n",
+    ],
+    ids=["range-to-inf", "inf-value", "nan-value", "nan-choice"],
+)
+def test_infinite_and_nan_values_are_config_errors(text):
+    """Found by the fuzz below: .inf passed every bound check (low <= high, >= 0)."""
+    assert _load_text(text) is None
+
+
+@FUZZ
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_arbitrary_text_and_bytes(text):
+    _load_text(text)
+
+
+@FUZZ
+@given(st.text(max_size=40))
+def test_set_overrides(item):
+    try:
+        key, value = parse_override(item)
+    except ConfigError:
+        return
+    try:
+        load_config(None, {key: value})
+    except ConfigError:
+        pass
+
+
+# --- data -------------------------------------------------------------------------
+
+HEADERS = [*COLUMNS, *GLUE_TSV_COLUMNS, "#1 ID", "#2 ID", "idx", "Label", ""]
+GLUE_HEADER = ["Quality", "#1 ID", "#2 ID", "#1 String", "#2 String"]
+# Weighted towards valid values, so that most folders get past parsing to the row checks.
+labels = st.sampled_from(["0", "1"] * 6 + ["2", "-1", "1.0", "True", "x", "", " ", "nan", "NA"])
+sentences = st.one_of(
+    st.sampled_from(["The cat sat.", "A dog ran.", "Prices rose 5%.", "It's \"quoted"] * 3),
+    st.sampled_from(["", " ", '"', "a\tb", "a,b", "é", "NA", "null", "None"]),
+    st.text(max_size=15),
+)
+
+
+# Text that pandas would turn into NaN or a number unless told not to: valid MRPC sentences all the same.
+TRICKY_SENTENCES = ["NA", "null", "None", "nan", "1.5", "True", "#1 String"]
+
+
+@st.composite
+def tables(draw, clean: bool):
+    """MRPC-shaped (clean: every row valid), or with any header, bad labels, ragged rows and odd text."""
+    header = draw(st.sampled_from([GLUE_HEADER, COLUMNS] if clean else [GLUE_HEADER, COLUMNS, None]))
+    if header is None:
+        header = draw(st.lists(st.sampled_from(HEADERS), min_size=0, max_size=6))
+    label = st.sampled_from(["0", "1"]) if clean else labels
+    sentence = (
+        st.sampled_from(["The cat sat.", "A dog ran.", "It's \"quoted", *TRICKY_SENTENCES]) if clean else sentences
+    )
+    rows = []
+    for _ in range(draw(st.integers(1, 6))):
+        row = [draw(label) if name in ("Quality", "label") else draw(sentence) for name in header]
+        if not clean and draw(st.integers(0, 9)) == 0:
+            row = row[: draw(st.integers(0, len(row)))]  # a short row
+        rows.append(row)
+    return header, rows
+
+
+@st.composite
+def data_folders(draw):
+    clean = draw(st.booleans())  # half the folders valid, so the checks on loaded data run too
+    suffix = draw(st.sampled_from([".tsv", ".csv"]))
+    sep = "\t" if suffix == ".tsv" else ","
+    encodings = ["utf-8", "utf-8-sig"] if clean else ["utf-8", "utf-8", "utf-8-sig", "latin-1", "utf-16"]
+    encoding = draw(st.sampled_from(encodings))
+    splits = [["train", "dev"], ["train", "validation"], ["train", "dev", "test"]]
+    names = draw(st.sampled_from(splits if clean else [*splits, ["train"], ["dev"]]))
+    files = {}
+    for name in names:
+        header, rows = draw(tables(clean))
+        lines = [sep.join(header)] + [sep.join(row) for row in rows]
+        if not clean and draw(st.booleans()):
+            lines.insert(draw(st.integers(0, len(lines))), "")  # an empty line somewhere
+        files[f"{name}{suffix}"] = "\n".join(lines).encode(encoding, "replace")
+    return files
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data_folders())
+def test_generated_data_folders(files):
+    from runner.config import DataConfig
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, content in files.items():
+            (Path(tmp) / name).write_bytes(content)
+        try:
+            data = load_mrpc(DataConfig(), tmp, seed=0)
+        except DataError as err:
+            assert str(err).strip() and "\n" not in str(err).strip()
+            return
+    for split in data.splits.values():
+        assert split.column_names == COLUMNS and len(split) > 0
+        assert set(split["label"]) <= {0, 1}
+        assert all(isinstance(s, str) and s.strip() for s in [*split["sentence1"], *split["sentence2"]])
+
+
+def test_valid_glue_files_still_load(mrpc_dir):
+    """The generators' happy path exists: our fixture folder loads (a guard against a vacuous fuzz)."""
+    from runner.config import DataConfig
+
+    data = load_mrpc(DataConfig(), str(mrpc_dir), seed=0)
+    assert data.sizes()["train"] > 0 and not math.isnan(float(data.sizes()["validation"]))
+
+
+@pytest.mark.parametrize("label", ["1.0", "True"])
+def test_labels_that_only_look_like_0_or_1(tmp_path, label):
+    """pandas reads 1.0 as a float and True as a bool; both equal 1 but are not MRPC labels."""
+    from runner.config import DataConfig
+
+    for name in ("train", "dev"):
+        (tmp_path / f"{name}.csv").write_text(f"sentence1,sentence2,label\na b,c d,{label}\ne f,g h,0\n")
+    try:
+        data = load_mrpc(DataConfig(), str(tmp_path), seed=0)
+    except DataError:
+        return
+    assert set(data.splits["train"]["label"]) <= {0, 1}

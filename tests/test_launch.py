@@ -1,0 +1,118 @@
+"""`runner.sweep --workers K`: the split of cores and GPUs, signal forwarding, and two real local workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from runner.launch import Launcher, cpu_count, strip_workers_flag, worker_env
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_cpu_cores_are_split_between_workers():
+    assert worker_env(0, 2, cores=2, gpus=[])["OMP_NUM_THREADS"] == "1"
+    assert worker_env(1, 2, cores=16, gpus=[])["RUNNER_TORCH_THREADS"] == "8"
+    assert worker_env(2, 3, cores=2, gpus=[])["OMP_NUM_THREADS"] == "1"  # never 0
+    assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2, cores=2, gpus=[])
+
+
+def test_one_gpu_per_worker():
+    assert [worker_env(i, 3, cores=8, gpus=["0", "1", "2"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == [
+        "0",
+        "1",
+        "2",
+    ]
+    assert [worker_env(i, 3, cores=8, gpus=["4", "7"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["4", "7", "4"]
+
+
+def test_workers_flag_is_not_passed_on():
+    argv = ["--trials", "4", "--workers", "2", "--study", "s", "--workers=3"]
+    assert strip_workers_flag(argv) == ["--trials", "4", "--study", "s"]
+
+
+CHILD = """
+import signal, sys, time
+signal.signal(signal.SIGTERM, lambda *a: (print("stopping cleanly", flush=True), sys.exit(130)))
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+
+def test_sigterm_is_forwarded_to_every_worker(capsys):
+    """SIGTERM to the launcher reaches each worker; the launcher waits for them and exits 130."""
+    launcher = Launcher([[sys.executable, "-c", CHILD]] * 2, [{}, {}])
+
+    def terminate_when_ready():
+        import time
+
+        time.sleep(3)  # both children are up and sleeping by now
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=terminate_when_ready, daemon=True).start()
+    code = launcher.run()
+    assert code == 130
+    assert [p.returncode for p in launcher.procs] == [130, 130]
+    out = capsys.readouterr().out
+    assert "[worker 0] stopping cleanly" in out and "[worker 1] stopping cleanly" in out
+
+
+def test_a_failing_worker_makes_the_launcher_fail():
+    launcher = Launcher(
+        [[sys.executable, "-c", "raise SystemExit(0)"], [sys.executable, "-c", "raise SystemExit(1)"]], [{}, {}]
+    )
+    assert launcher.run() == 1
+
+
+@pytest.mark.usefixtures("premade_mlflow_db")
+def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
+    """`--workers 2` on SQLite: exact total, one study run, every trial run under it, output prefixed."""
+    command = [
+        *(sys.executable, "-m", "runner.sweep", "--workers", "2", "--config", str(sweep_yaml)),
+        *("--data-dir", str(mrpc_dir), "--model", str(tiny_model), "--no-system-metrics", "--trials", "4"),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    threads = max(1, cpu_count() // 2)
+    assert f"{threads} torch thread(s) each" in proc.stderr
+    for index in (0, 1):
+        assert f"[worker {index}] " in proc.stderr
+        assert f"this worker uses {threads} torch thread(s)" in proc.stderr
+    study = store.study()
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    # Workers that start together must not propose the same parameters in lockstep.
+    assert len({t.params["learning_rate"] for t in study.trials}) == 4
+    parent = store.parent()
+    assert parent.info.status == "FINISHED"
+    children = store.children()
+    assert [c.data.tags["optuna.trial_number"] for c in children] == ["0", "1", "2", "3"]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert all(c.info.status == "FINISHED" for c in children)
+    import sqlite3
+
+    for name in ("optuna.db", "mlflow.db"):  # concurrent local writers: write-ahead logging on both stores
+        with sqlite3.connect(tmp_path / "mlruns" / name) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize("flags", [["--workers", "0"], ["--workers", "two"], ["--retry-failed", "-1"]])
+def test_bad_counts_are_one_line_errors(run_sweep, tmp_path, flags):
+    result = run_sweep("--trials", "1", *flags)
+    assert result.code == 2
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("runner.sweep: error: --"), result.err
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_workers_need_a_shared_storage(run_sweep, tmp_path):
+    result = run_sweep("--trials", "1", "--workers", "2", "--storage", "sqlite:///:memory:")
+    assert result.code == 2 and "--workers needs a storage the workers share" in result.err
+    assert len(result.err.strip().splitlines()) == 1

@@ -1,0 +1,200 @@
+"""runner.scheduler and runner.storage: exact totals across workers, retries, the lock, who ends the study run."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from runner.scheduler import enqueue_retries, is_crash, run_until_total
+from runner.storage import StudyLock, open_storage
+
+pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+
+
+@pytest.fixture
+def storage_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path}/optuna.db"
+
+
+def _study(url: str, name: str = "s") -> optuna.Study:
+    return optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True)
+
+
+def _threads(target, n: int) -> None:
+    threads = [threading.Thread(target=target) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+
+
+def test_sqlite_storage_uses_wal(storage_url, tmp_path):
+    import sqlite3
+
+    _study(storage_url)
+    with sqlite3.connect(tmp_path / "optuna.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_study_lock_excludes_other_holders(storage_url):
+    """Two locks on one study (two workers): the second waits until the first is released."""
+    first, second = StudyLock(storage_url, "s"), StudyLock(storage_url, "s")
+    events = []
+    first.acquire()
+
+    def take():
+        with second:
+            events.append("second")
+
+    thread = threading.Thread(target=take)
+    thread.start()
+    time.sleep(0.3)
+    events.append("first releases")
+    first.release()
+    thread.join(timeout=10)
+    assert events == ["first releases", "second"]
+    first.close(), second.close()
+
+
+def test_workers_stop_at_exactly_the_total(storage_url):
+    """Three workers with very short trials: never a trial more than the total."""
+    _study(storage_url)
+
+    def work():
+        lock = StudyLock(storage_url, "s")
+        run_until_total(_study(storage_url), lambda trial: 1.0, 9, lock, wait_s=0.05)
+        lock.close()
+
+    _threads(work, 3)
+    assert [t.state for t in _study(storage_url).trials] == [TrialState.COMPLETE] * 9
+
+
+def test_a_waiting_worker_takes_over_the_slot_of_a_failed_trial(storage_url):
+    """Worker A's last trial fails while B waits for it: B runs the missing trial, so the total is still met."""
+    _study(storage_url)
+    a_running = threading.Event()
+
+    def failing(trial):
+        a_running.set()
+        # Once B has finished a trial, B is waiting: 1 finished + A's running one fill the total of 2.
+        deadline = time.monotonic() + 30
+        while not _study(storage_url).get_trials(states=(TrialState.COMPLETE,)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        raise RuntimeError("boom")
+
+    def worker_a():
+        lock = StudyLock(storage_url, "s")
+        run_until_total(_study(storage_url), failing, 2, lock, should_stop=a_running.is_set, wait_s=0.05)
+        lock.close()
+
+    def worker_b():
+        assert a_running.wait(30)
+        lock = StudyLock(storage_url, "s")
+        run_until_total(_study(storage_url), lambda trial: 1.0, 2, lock, wait_s=0.05)
+        lock.close()
+
+    threads = [threading.Thread(target=worker_a), threading.Thread(target=worker_b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    states = [t.state for t in _study(storage_url).trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_only_crashed_trials_are_retried_and_at_most_n_times(storage_url):
+    study = _study(storage_url)
+    dist = {"lr": FloatDistribution(1e-5, 1e-3, log=True)}
+    crashed = study.ask(dist)  # a worker died: no "error" recorded
+    study.tell(crashed, state=TrialState.FAIL)
+    raised = study.ask(dist)  # training raised (a NaN loss, say): the objective records the error
+    raised.set_user_attr("error", "FloatingPointError: loss is nan")
+    study.tell(raised, state=TrialState.FAIL)
+
+    assert enqueue_retries(study, 0) == []
+    assert enqueue_retries(study, 1) == [crashed.number]
+    assert enqueue_retries(study, 1) == []  # already queued
+    retry = study.ask()
+    assert retry.params == {"lr": crashed.params["lr"]}
+    frozen = study.trials[retry.number]
+    assert RetryHeartbeatStaleTrialCallback.retried_trial_number(frozen) == crashed.number
+    study.tell(retry, state=TrialState.FAIL)  # the retry crashes too
+    assert is_crash(study.trials[retry.number])
+    assert enqueue_retries(study, 1) == []  # one retry per original was allowed
+    assert enqueue_retries(study, 2) == [retry.number]
+    assert RetryHeartbeatStaleTrialCallback.retry_history(study.trials[-1]) == [crashed.number, retry.number]
+
+
+def test_a_killed_but_unreaped_worker_counts_as_dead():
+    """A worker killed under the --workers launcher stays a zombie until reaped; its trial must not wait for it."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    from runner.worker import is_dead
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        record = {"host": socket.gethostname(), "pid": child.pid, "started": psutil.Process(child.pid).create_time()}
+        assert not is_dead(record)
+        child.kill()
+        deadline = time.monotonic() + 10
+        while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert is_dead(record)  # not reaped yet: still has its pid and start time
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.usefixtures("premade_mlflow_db")
+def test_a_worker_that_stops_while_others_run_leaves_the_study_run_open(run_sweep, store, monkeypatch):
+    """Only the last worker to stop ends the study run; until then it stays RUNNING, never KILLED or FINISHED."""
+    import socket
+    import subprocess
+    import sys
+
+    import psutil
+
+    import runner.objective
+
+    assert run_sweep("--trials", "1").code == 0
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a live "other worker"
+    try:
+        trial = store.study().ask()
+        trial.set_user_attr(
+            "worker",
+            {"host": socket.gethostname(), "pid": other.pid, "started": psutil.Process(other.pid).create_time()},
+        )
+
+        def interrupted(source, seed):
+            raise KeyboardInterrupt
+
+        with monkeypatch.context() as patch:
+            patch.setattr(runner.objective, "new_model", interrupted)
+            assert run_sweep("--trials", "3").code == 130  # this worker stops; the other still runs trial 1
+        assert store.parent().info.status == "RUNNING"
+        assert [r.info.status for r in store.children()] == ["FINISHED", "KILLED"]  # trial 2: this worker's
+    finally:
+        other.kill()
+        other.wait()
+    # The other worker is gone too: the next start fails its trial and, being the last, ends the study run.
+    assert run_sweep("--trials", "3").code == 0
+    assert store.parent().info.status == "FINISHED"
+    assert [t.state for t in store.study().trials] == [
+        TrialState.COMPLETE,
+        TrialState.FAIL,
+        TrialState.FAIL,
+        TrialState.COMPLETE,
+        TrialState.COMPLETE,
+    ]
