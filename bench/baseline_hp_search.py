@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> None:
     )
 
     from bench import common
+    from runner.config import load_config
     from runner.metrics import compute_metrics
+    from runner.space import suggest
 
     common.setup()
     data = common.load_data(args.train_samples, args.eval_samples, seed=args.seed)
@@ -47,14 +49,12 @@ def main(argv: list[str] | None = None) -> None:
     def model_init(trial=None):
         return AutoModelForSequenceClassification.from_pretrained(source, num_labels=2)
 
+    cfg = load_config(common.ROOT / "sweeps" / "mrpc.yaml")
+
     def hp_space(trial):
-        # The search space of sweeps/mrpc.yaml.
-        return {
-            "learning_rate": trial.suggest_float("learning_rate", 2e-5, 3e-4, log=True),
-            "per_device_train_batch_size": trial.suggest_categorical("per_device_train_batch_size", [16, 32]),
-            "num_train_epochs": trial.suggest_int("num_train_epochs", 2, 4),
-            "fp16": trial.suggest_categorical("fp16", [True, False]),
-        }
+        # The search space of sweeps/mrpc.yaml, proposed exactly as runner proposes it.
+        hp = suggest(trial, cfg)
+        return {name: getattr(hp, name) for name in cfg.searched()}
 
     trainer = Trainer(
         model_init=model_init,
