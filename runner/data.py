@@ -108,10 +108,14 @@ def _read_file(path: Path) -> datasets.Dataset:
         kwargs = {"delimiter": "\t", "quoting": 3, "encoding": "utf-8-sig", "keep_default_na": False}
     elif path.suffix == ".csv":
         kwargs = {"encoding": "utf-8-sig", "keep_default_na": False}
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: empty file")
     try:
         return datasets.load_dataset(builder, data_files=str(path), split="train", **kwargs)
     except Exception as err:  # noqa: BLE001 - report the file and the first line of the cause
         cause = err.__cause__ or err
+        if "corresponds to no data" in str(err):  # datasets' words for a file with a header and no rows
+            raise DataError(f"{path}: no rows") from None
         if isinstance(cause, UnicodeDecodeError) or "codec can't decode" in str(err):
             raise DataError(f"{path}: not valid UTF-8") from None
         raise DataError(f"{path}: cannot parse: {_first_line(cause)}") from None

@@ -104,6 +104,16 @@ def test_missing_column(tmp_path, train_pairs, dev_pairs):
         load_mrpc(DataConfig(), str(tmp_path), seed=0)
 
 
+@pytest.mark.parametrize(("content", "expected"), [("", "empty file"), (None, "no rows")])
+def test_a_train_file_without_rows(tmp_path, mrpc_dir, content, expected):
+    """A header with no rows (or nothing at all) says so, not the parser's internals."""
+    header = (mrpc_dir / "train.tsv").read_text(encoding="utf-8-sig").splitlines()[0] + "\n"
+    (tmp_path / "train.tsv").write_text(header if content is None else content, encoding="utf-8")
+    (tmp_path / "dev.tsv").write_bytes((mrpc_dir / "dev.tsv").read_bytes())
+    with pytest.raises(DataError, match=f"train.tsv: {expected}$"):
+        load_mrpc(DataConfig(), str(tmp_path), seed=0)
+
+
 @pytest.mark.parametrize("suffix", ["tsv", "csv"])
 def test_non_utf8_bytes(tmp_path, mrpc_dir, train_pairs, suffix):
     source = (mrpc_dir / "train.tsv").read_bytes()
