@@ -93,22 +93,26 @@ def training_arguments(hp: Hyperparameters, settings: TrainConfig, output_dir: s
     )
 
 
+def longest_first(dataset) -> np.ndarray:
+    """Row indices of a tokenized split, longest ``input_ids`` first (ties in row order)."""
+    lengths = np.fromiter((len(ids) for ids in dataset["input_ids"]), dtype=np.int64, count=len(dataset))
+    return np.argsort(-lengths, kind="stable")
+
+
 class _Trainer(Trainer):
     """The Trainer, stopping the moment the loss stops being finite (not at the epoch's end).
 
-    Evaluation runs longest pair first, so each batch pads only to lengths close to
-    its own. The Trainer's own choice with length grouping is a shuffled order,
-    which would leave the kept predictions out of step with the validation rows;
-    ``eval_order`` lets the caller put them back in row order.
+    Evaluation runs in ``eval_order`` (longest pair first, so each batch pads only to
+    lengths close to its own). The Trainer's own choice with length grouping is a
+    shuffled order, which would leave the kept predictions out of step with the
+    validation rows; a fixed order lets them be put back.
     """
 
-    eval_order: np.ndarray | None = None
+    def __init__(self, *args, eval_order: np.ndarray, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.eval_order = eval_order
 
     def _get_eval_sampler(self, eval_dataset):
-        if "input_ids" not in getattr(eval_dataset, "column_names", ()):
-            return super()._get_eval_sampler(eval_dataset)
-        lengths = np.fromiter((len(ids) for ids in eval_dataset["input_ids"]), dtype=np.int64)
-        self.eval_order = np.argsort(-lengths, kind="stable")
         return self.eval_order.tolist()
 
     def training_step(self, *args, **kwargs):
@@ -128,7 +132,7 @@ class _EpochCallback(TrainerCallback):
     def __init__(self, result: TrainResult, metric: str, maximize: bool, hook: EpochHook | None, progress):
         self.result, self.metric, self.maximize, self.hook, self.progress = result, metric, maximize, hook, progress
         self.last_logits: np.ndarray | None = None  # the evaluation that on_evaluate is about to see
-        self.eval_order: Callable[[], np.ndarray | None] | None = None  # the order evaluation ran in
+        self.eval_order: np.ndarray | None = None  # the row order evaluation runs in
         self.train_loss: float | None = None
         self.model = None
         self._last_progress = time.monotonic()
@@ -150,10 +154,9 @@ class _EpochCallback(TrainerCallback):
         """Metrics as usual, keeping the logits (in row order): the best epoch's predictions need no second pass."""
         logits = eval_pred.predictions
         logits = logits[0] if isinstance(logits, tuple) else logits
-        order = self.eval_order() if self.eval_order is not None else None
-        if order is not None:
+        if self.eval_order is not None:
             restored = np.empty_like(logits)
-            restored[order] = logits
+            restored[self.eval_order] = logits
             logits = restored
         self.last_logits = logits
         return compute_metrics(eval_pred)
@@ -198,6 +201,8 @@ def train(
     precision = resolve_precision(hp.fp16)
     result = TrainResult(precision=precision)
     callback = _EpochCallback(result, metric, maximize, on_epoch, progress)
+    # Computed once per trial: every epoch's evaluation runs in this order.
+    callback.eval_order = longest_first(eval_dataset)
     with tempfile.TemporaryDirectory(prefix="runner-trial-") as output_dir:
         trainer = _Trainer(
             model=model,
@@ -208,8 +213,8 @@ def train(
             data_collator=DataCollatorWithPadding(tokenizer),
             compute_metrics=callback.compute_metrics,
             callbacks=[callback],
+            eval_order=callback.eval_order,
         )
-        callback.eval_order = lambda: trainer.eval_order
         # With tqdm off the Trainer prints every log dict to stdout; our callback reports instead.
         trainer.remove_callback(PrinterCallback)
         output = trainer.train()
