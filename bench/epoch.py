@@ -75,6 +75,7 @@ class Variants:
     def __init__(self, data, source: str, batch_size: int, lr: float):
         from transformers import AutoTokenizer
 
+        from runner.config import load_config
         from runner.data import tokenize
 
         self.data, self.source, self.batch_size, self.lr = data, source, batch_size, lr
@@ -84,6 +85,8 @@ class Variants:
             lambda ex: self.tokenizer(ex["sentence1"], ex["sentence2"], truncation=True), batched=True
         )
         self.runner_tokens = tokenize(data, self.tokenizer, max_length=128)
+        # What the default sweep's trials run with (attention implementation and dropout).
+        self.model_settings = load_config(common.ROOT / "sweeps" / "mrpc.yaml").model
 
     def course_trainer(self, fp16: bool, output_dir: str):
         from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
@@ -121,7 +124,8 @@ class Variants:
             learning_rate=self.lr, per_device_train_batch_size=self.batch_size, num_train_epochs=1, fp16=fp16
         )
 
-    def runner(self, fp16: bool, compile_model: bool = False, grouped: bool = True) -> None:
+    def runner(self, fp16: bool, compile_model: bool = False, grouped: bool = True, **model_settings) -> None:
+        """A runner trial's epoch with the default sweep's model settings, or ``model_settings`` over them."""
         import dataclasses
         from unittest import mock
 
@@ -129,7 +133,7 @@ class Variants:
         from runner.config import TrainConfig
         from runner.model import new_model
 
-        model = new_model(self.source, seed=42)
+        model = new_model(self.source, seed=42, settings=self.model_settings.model_copy(update=model_settings))
         hp = self.hyperparameters(fp16)
         build = runner.train.training_arguments
 
@@ -170,6 +174,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--learning-rate", type=float, default=5e-5)
     parser.add_argument("--compile", action="store_true", help="add a runner fp16 variant with torch.compile")
     parser.add_argument("--ablate", action="store_true", help="add runner variants with random (ungrouped) batches")
+    parser.add_argument(
+        "--attention",
+        action="store_true",
+        help="add runner variants with PyTorch's SDPA attention and with the checkpoint's attention dropout",
+    )
     parser.add_argument("--only", nargs="+", metavar="VARIANT", help="run only these variants (e.g. 'runner fp16')")
     args = parser.parse_args(argv)
     common.setup()
@@ -229,6 +238,15 @@ def main(argv: list[str] | None = None) -> None:
     if args.ablate:
         cases["runner fp32 random batches"] = lambda: v.runner(False, grouped=False)
         cases["runner fp16 random batches"] = lambda: v.runner(True, grouped=False)
+    if args.attention:
+        for precision, fp16 in (("fp32", False), ("fp16", True)):
+            cases[f"runner {precision} sdpa"] = lambda fp16=fp16: v.runner(fp16, attn_implementation="sdpa")
+            cases[f"runner {precision} attention dropout 0.1"] = lambda fp16=fp16: v.runner(
+                fp16, attention_dropout=None
+            )
+            cases[f"runner {precision} sdpa, attention dropout 0.1"] = lambda fp16=fp16: v.runner(
+                fp16, attn_implementation="sdpa", attention_dropout=None
+            )
     if args.only:
         cases = {name: case for name, case in cases.items() if name in (*args.only, "course fp32", "matmul rates")}
     times = common.interleaved(cases, repeats)
@@ -257,7 +275,7 @@ def main(argv: list[str] | None = None) -> None:
         f"model-shaped {model_shape}: fp32 {rate_shaped['fp32'] / 1e9:.0f}, bf16 {rate_shaped['bf16'] / 1e9:.0f}"
     )
     # Variants and quick runs get their own file, so they never overwrite the full benchmark's numbers.
-    extras = [flag for flag in ("quick", "ablate", "compile", "only") if getattr(args, flag)]
+    extras = [flag for flag in ("quick", "ablate", "attention", "compile", "only") if getattr(args, flag)]
     common.save(
         "-".join(["epoch", *extras]),
         {

@@ -145,6 +145,12 @@ class ModelConfig(_Strict):
     name: Annotated[str, Field(min_length=1)] = "sentence-transformers/all-MiniLM-L6-v2"
     # Longest tokenized pair; MRPC pairs rarely exceed 100 word pieces.
     max_length: Annotated[int, Field(gt=8, le=4096)] = 128
+    # Dropout on the attention probabilities; null keeps the checkpoint's (0.1 for BERT).
+    # At 0, attention draws no random mask per score and PyTorch can use its fused kernel.
+    attention_dropout: Annotated[float, Field(ge=0, lt=1)] | None = None
+    # "auto" is eager attention on CPU, where it measured faster than PyTorch's SDPA for
+    # bf16 training (bench/README.md, section 6), and the library's choice (SDPA) on GPUs.
+    attn_implementation: Literal["auto", "eager", "sdpa"] = "auto"
 
 
 class DataConfig(_Strict):

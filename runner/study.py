@@ -21,7 +21,7 @@ from runner.checkpoint import BestCheckpoint
 from runner.cli import WorkFailed
 from runner.config import ConfigError, SweepConfig, TrackingConfig, to_yaml
 from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
-from runner.model import load_tokenizer, resolve_model
+from runner.model import attention_dropout, load_tokenizer, resolve_model
 from runner.objective import Objective
 from runner.progress import SweepProgress
 from runner.scheduler import FINISHED, retry_origin, run_until_total, settle_dead_workers
@@ -168,6 +168,7 @@ def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
     log.info("data: %s %s", data.source, data.sizes())
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
+    attention_dropout(source, cfg.model)  # an override the model cannot take fails here, not in a trial
     return Inputs(data, source, tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
 
 

@@ -10,8 +10,8 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from runner.config import ConfigError
-from runner.model import ModelError, load_tokenizer, new_model, resolve_model
+from runner.config import ConfigError, ModelConfig
+from runner.model import ModelError, attention_dropout, load_tokenizer, new_model, resolve_attention, resolve_model
 
 
 def test_local_folder_resolves_to_its_absolute_path(tiny_model, monkeypatch):
@@ -77,3 +77,41 @@ def test_new_model_head_is_seeded(tiny_model):
     assert torch.equal(a.state_dict()[embeddings], c.state_dict()[embeddings])
     assert a.config.num_labels == 2
     assert a.config.id2label == {0: "not_equivalent", 1: "equivalent"}
+
+
+def test_auto_attention_is_eager_on_cpu_and_sdpa_on_a_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert resolve_attention("auto") == "eager"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_attention("auto") == "sdpa"
+    assert resolve_attention("eager") == "eager"
+
+
+def test_new_model_takes_the_attention_settings(tiny_model):
+    source = str(tiny_model)
+    default = new_model(source, 1)
+    assert default.config.attention_probs_dropout_prob == 0.1  # the checkpoint's own
+    assert default.config._attn_implementation == resolve_attention("auto")
+    model = new_model(source, 1, ModelConfig(attention_dropout=0.0, attn_implementation="sdpa"))
+    assert model.config.attention_probs_dropout_prob == 0.0
+    assert model.config._attn_implementation == "sdpa"
+    # With every other dropout off, a training-mode forward is random only through attention dropout.
+    batch = {"input_ids": torch.tensor([[2, 5, 6, 7, 3, 8, 9]]), "attention_mask": torch.ones(1, 7, dtype=torch.long)}
+    for dropout, deterministic in ((None, False), (0.0, True)):
+        model = new_model(source, 1, ModelConfig(attention_dropout=dropout, attn_implementation="eager"))
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Dropout) and not name.endswith("attention.self.dropout"):
+                module.p = 0.0
+        model.train()
+        assert torch.equal(model(**batch).logits, model(**batch).logits) is deterministic
+    assert attention_dropout(source, ModelConfig(attention_dropout=0.25)) == ("attention_probs_dropout_prob", 0.25)
+    assert attention_dropout(source, ModelConfig()) == ("attention_probs_dropout_prob", 0.1)
+
+
+def test_attention_dropout_on_a_model_without_one_is_a_one_line_error(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "t5", "d_model": 8, "num_heads": 2}', encoding="utf-8")
+    assert attention_dropout(str(tmp_path), ModelConfig()) == (None, None)
+    with pytest.raises(ModelError, match="no attention dropout") as err:
+        attention_dropout(str(tmp_path), ModelConfig(attention_dropout=0.0))
+    assert "\n" not in str(err.value)

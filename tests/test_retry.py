@@ -21,11 +21,11 @@ def _interrupt_call(monkeypatch, which: int) -> None:
     """Ctrl-C when the ``which``-th trial of this sweep builds its model."""
     real, calls = runner.objective.new_model, []
 
-    def new_model(source, seed):
+    def new_model(source, seed, settings=None):
         calls.append(seed)
         if len(calls) == which:
             raise KeyboardInterrupt
-        return real(source, seed)
+        return real(source, seed, settings)
 
     monkeypatch.setattr(runner.objective, "new_model", new_model)
 
@@ -91,11 +91,11 @@ def test_a_trial_that_raised_is_not_retried(run_sweep, store, monkeypatch):
     """An error in training (here a non-finite loss) would fail again: no retry, a new trial instead."""
     real, calls = runner.objective.new_model, []
 
-    def nan_first(source, seed):
+    def nan_first(source, seed, settings=None):
         calls.append(seed)
         if len(calls) == 1:
             raise FloatingPointError("loss is nan at step 3")
-        return real(source, seed)
+        return real(source, seed, settings)
 
     monkeypatch.setattr(runner.objective, "new_model", nan_first)
     assert run_sweep("--trials", "1", "--retry-failed", "3").code == 0

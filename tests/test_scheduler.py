@@ -177,7 +177,7 @@ def test_a_worker_that_stops_while_others_run_leaves_the_study_run_open(run_swee
             {"host": socket.gethostname(), "pid": other.pid, "started": psutil.Process(other.pid).create_time()},
         )
 
-        def interrupted(source, seed):
+        def interrupted(source, seed, settings=None):
             raise KeyboardInterrupt
 
         with monkeypatch.context() as patch:

@@ -23,6 +23,8 @@ TRIAL_PARAMS = {
     "model",
     "seed",
     "max_length",
+    "attn_implementation",
+    "attention_dropout",
 }
 EPOCH_METRICS = ("eval_f1", "eval_accuracy", "eval_loss", "train_loss")
 
@@ -50,6 +52,7 @@ def test_sweep_records_everything(run_sweep, store, tmp_path, tiny_model):
         assert tags["runner.role"] == "trial"
         assert TRIAL_PARAMS <= set(params)
         assert params["model"] == str(tiny_model) and params["max_length"] == "64" and params["seed"] == "7"
+        assert params["attention_dropout"] == "0.1"  # the checkpoint's, since the sweep did not override it
         assert float(params["learning_rate"]) == trial.params["learning_rate"]
         epochs = int(params["num_train_epochs"])
         assert epochs == trial.params["num_train_epochs"]
@@ -113,11 +116,11 @@ def _new_model_failing(monkeypatch, calls_that_fail, error):
 
     real, calls = runner.objective.new_model, []
 
-    def new_model(source, seed):
+    def new_model(source, seed, settings=None):
         calls.append(seed)
         if calls_that_fail == "all" or len(calls) in calls_that_fail:
             raise error
-        return real(source, seed)
+        return real(source, seed, settings)
 
     monkeypatch.setattr(runner.objective, "new_model", new_model)
 

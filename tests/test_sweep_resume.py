@@ -50,11 +50,11 @@ def test_ctrl_c_then_resume(run_sweep, store, monkeypatch):
     real = runner.objective.new_model
     calls = []
 
-    def interrupted_second_time(source, seed):
+    def interrupted_second_time(source, seed, settings=None):
         calls.append(seed)
         if len(calls) == 2:
             raise KeyboardInterrupt
-        return real(source, seed)
+        return real(source, seed, settings)
 
     with monkeypatch.context() as patch:
         patch.setattr(runner.objective, "new_model", interrupted_second_time)
@@ -80,9 +80,9 @@ def test_sigterm_stops_like_ctrl_c(run_sweep, store, monkeypatch):
     """A job scheduler's SIGTERM ends the sweep cleanly and resumably (exit 130), not with a traceback."""
     real = runner.objective.new_model
 
-    def terminated(source, seed):
+    def terminated(source, seed, settings=None):
         os.kill(os.getpid(), signal.SIGTERM)
-        return real(source, seed)
+        return real(source, seed, settings)
 
     monkeypatch.setattr(runner.objective, "new_model", terminated)
     result = run_sweep("--trials", "2")
