@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eval-samples", type=int, required=True)
     parser.add_argument("--trials", type=int, required=True)
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{out}/mlflow.db"
@@ -77,7 +78,11 @@ def main(argv: list[str] | None = None) -> None:
         n_trials=args.trials,
         direction="maximize",
         backend="optuna",
-        sampler=optuna.samplers.TPESampler(seed=args.seed),
+        sampler=(
+            optuna.samplers.TPESampler(seed=args.seed)
+            if args.sampler == "tpe"
+            else optuna.samplers.RandomSampler(seed=args.seed)
+        ),
     )
     print(json.dumps({"best_f1": best.objective, "best_trial": best.run_id, "best_params": best.hyperparameters}))
 

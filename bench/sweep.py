@@ -7,6 +7,11 @@ and model checkpoints left on disk.
 
     python -m bench.sweep --quick                                   # 6 trials, 256 pairs
     python -m bench.sweep --trials 20 --train-samples 600 --eval-samples 408
+    python -m bench.sweep --trials 20 --train-samples 600 --eval-samples 408 --sampler random
+
+TPE's proposals depend on the results so far, so the two sweeps soon train
+different parameters (more fp32 or more epochs on one side moves the wall time
+by 20%); with ``--sampler random`` both train the same seeded parameter sets.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ def run_runner(work: Path, args) -> dict:
         f"data.max_train_samples={args.train_samples}",
         "--set",
         f"data.max_eval_samples={args.eval_samples}",
+        "--set",
+        f"study.sampler={args.sampler}",
         *args.runner_args,
     ]
     seconds = _timed(cmd, work, work / "runner.log")
@@ -75,6 +82,8 @@ def run_baseline(work: Path, args) -> dict:
         str(args.eval_samples),
         "--trials",
         str(args.trials),
+        "--sampler",
+        args.sampler,
     ]
     seconds = _timed(cmd, work, work / "baseline.log")
     last = (work / "baseline.log").read_text().strip().splitlines()
@@ -100,6 +109,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--trials", type=int)
     parser.add_argument("--train-samples", type=int)
     parser.add_argument("--eval-samples", type=int)
+    parser.add_argument(
+        "--sampler",
+        choices=("tpe", "random"),
+        default="tpe",
+        help="random: both sweeps train the very same 20 parameter sets (seeded), so only the machinery differs",
+    )
     parser.add_argument("--keep", metavar="DIR", help="work in DIR and keep it (default: a temporary folder)")
     parser.add_argument("--runner-args", nargs=argparse.REMAINDER, default=[], help="extra runner.sweep flags")
     args = parser.parse_args(argv)
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     ]
     print(text := common.table(rows, list(rows[0])))
     common.save(
-        "sweep",
+        "sweep" if args.sampler == "tpe" else f"sweep-{args.sampler}",
         {
             "trials": args.trials,
             "train_samples": args.train_samples,
