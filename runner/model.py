@@ -97,8 +97,10 @@ def new_model(source: str, seed: int, settings: ModelConfig | None = None):
     the checkpoint's attention dropout.
     """
     settings = settings or ModelConfig()
-    key, _ = attention_dropout(source, settings)
-    overrides = {key: settings.attention_dropout} if settings.attention_dropout is not None else {}
+    overrides = {}
+    if settings.attention_dropout is not None:  # the config is read only when there is something to override
+        key, value = attention_dropout(source, settings)
+        overrides[key] = value
     transformers.set_seed(seed)
     return AutoModelForSequenceClassification.from_pretrained(
         source,
