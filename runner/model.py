@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 
@@ -77,6 +78,7 @@ def resolve_attention(choice: str) -> str:
     return "sdpa" if accelerated else "eager"
 
 
+@functools.cache  # asked at start and by every trial: read the model's config.json once
 def attention_dropout(source: str, settings: ModelConfig) -> tuple[str | None, float | None]:
     """The model config's attention-dropout key and the value trials use (the override, else the checkpoint's)."""
     config = AutoConfig.from_pretrained(source)
@@ -98,7 +100,7 @@ def new_model(source: str, seed: int, settings: ModelConfig | None = None):
     """
     settings = settings or ModelConfig()
     overrides = {}
-    if settings.attention_dropout is not None:  # the config is read only when there is something to override
+    if settings.attention_dropout is not None:
         key, value = attention_dropout(source, settings)
         overrides[key] = value
     transformers.set_seed(seed)
