@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from runner.redact import redact_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
 DATA_CANDIDATES = (ROOT.parent / "shared" / "data" / "mrpc", Path("/work/shared/data/mrpc"))
@@ -115,6 +117,7 @@ def save(name: str, payload: dict) -> Path:
         **payload,
     }
     path = RESULTS / f"{name}.json"
-    path.write_text(json.dumps(payload, indent=2, default=str) + "\n")
+    # Committed to git: no password from a --storage URL or any other URL in the numbers.
+    path.write_text(redact_text(json.dumps(payload, indent=2, default=str)) + "\n")
     log.info("raw numbers in %s", path.relative_to(ROOT))
     return path

@@ -7,10 +7,12 @@ Tracebacks only with ``--debug`` (or for real bugs, which are not caught here).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable
 
 from runner.config import ConfigError
+from runner.redact import RedactingFilter, redact_text
 
 
 class WorkFailed(RuntimeError):
@@ -18,8 +20,11 @@ class WorkFailed(RuntimeError):
 
 
 def setup_logging() -> None:
-    """Progress at INFO on stderr, with a clock."""
+    """Progress at INFO on stderr, with a clock; no line shows a password (runner.redact)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, RedactingFilter) for f in handler.filters):
+            handler.addFilter(RedactingFilter())
 
 
 def quiet_libraries() -> None:
@@ -64,6 +69,8 @@ def run_command(
     the ML libraries (and imports them: commands that do not use them pass False).
     """
     setup_logging()
+    # MLflow writes "View run ... at: URL" to stdout, with the tracking URI as given: password included.
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         if quiet and not debug:
             quiet_libraries()
@@ -72,12 +79,12 @@ def run_command(
         if debug:
             raise
         # One line whatever the message holds (a key from the YAML may contain a newline).
-        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"{prog}: error: {' '.join(redact_text(str(err)).split())}", file=sys.stderr)
         return 2
     except (WorkFailed, *failures) as err:
         if debug:
             raise
-        print(f"{prog}: {_first_line(err)}", file=sys.stderr)
+        print(f"{prog}: {redact_text(_first_line(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: {on_interrupt}", file=sys.stderr)

@@ -20,6 +20,33 @@ class ConfigError(ValueError):
     """A problem with the user's configuration or input: reported in one line, exit 2."""
 
 
+# A study or registered-model name: it becomes a folder under mlruns/best, an MLflow experiment and
+# a quoted value in MLflow filter strings, so no path separator, no "..", no quote, no space.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit"
+
+# Upper bounds on sizes: far above any sensible MRPC sweep, low enough that a typo (an extra zero
+# or three) is an error at once rather than a sweep that runs for months or a batch that cannot fit.
+# Trials in one study: Optuna's TPE slows down as its history grows, and every trial is an MLflow run.
+MAX_TRIALS = 10_000
+# Epochs of one trial: fine-tuning converges in a handful; 100 already means days per trial on a CPU.
+MAX_EPOCHS = 100
+# Examples per device batch (train and eval): more than any GPU holds for a transformer at this length.
+MAX_BATCH_SIZE = 4096
+# Reruns of a crashed trial: a trial that keeps crashing its worker is broken, not unlucky.
+MAX_RETRIES = 10
+
+
+def check_name(flag: str, value: str) -> str:
+    """``value`` if it is a valid study or model name, else a one-line ConfigError naming ``flag``.
+
+    The same rule as ``study.name`` in the config, for the commands that take a name as a flag.
+    """
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise ConfigError(f"{flag} {value!r} is not a valid name: use {NAME_RULE}")
+    return value
+
+
 class _Strict(BaseModel):
     # No .inf / .nan anywhere: YAML reads them as floats, and a range up to .inf or a weight
     # decay of .inf passes every bound check, then fails (or trains garbage) inside a trial.
@@ -104,8 +131,8 @@ class Hyperparameters(_Strict):
     """
 
     learning_rate: Annotated[float, Field(gt=0, lt=1)] = 5.0e-5
-    per_device_train_batch_size: Annotated[int, Field(gt=0)] = 32
-    num_train_epochs: Annotated[int, Field(gt=0)] = 3
+    per_device_train_batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)] = 32
+    num_train_epochs: Annotated[int, Field(gt=0, le=MAX_EPOCHS)] = 3
     # Mixed precision on the device at hand (fp16 on CUDA, bf16 on a capable CPU).
     fp16: bool = False
     weight_decay: Annotated[float, Field(ge=0)] = 0.01
@@ -119,10 +146,10 @@ SEARCHABLE = tuple(Hyperparameters.model_fields)
 class StudyConfig(_Strict):
     """The Optuna study: what is optimised, how trials are proposed and pruned."""
 
-    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")] = "mrpc"
+    name: Annotated[str, Field(min_length=1, pattern=NAME_PATTERN)] = "mrpc"
     metric: Literal["eval_f1", "eval_accuracy", "eval_loss"] = "eval_f1"
     direction: Literal["maximize", "minimize"] = "maximize"
-    n_trials: Annotated[int, Field(gt=0)] = 20
+    n_trials: Annotated[int, Field(gt=0, le=MAX_TRIALS)] = 20
     sampler: Literal["tpe", "random"] = "tpe"
     # Trials before TPE starts modelling: random exploration first.
     n_startup_trials: Annotated[int, Field(ge=0)] = 5
@@ -136,7 +163,7 @@ class StudyConfig(_Strict):
     max_failure_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
     # Rerun a trial whose worker crashed or was stopped up to this many times, with the same
     # params. Trials that raised (a NaN loss, a bad batch size) would fail the same way again.
-    retry_failed: Annotated[int, Field(ge=0)] = 0
+    retry_failed: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
 
 
 class ModelConfig(_Strict):
@@ -168,7 +195,7 @@ class TrainConfig(_Strict):
     """Settings of every training run that are not hyperparameters."""
 
     seed: int = 42
-    per_device_eval_batch_size: Annotated[int, Field(gt=0)] = 128
+    per_device_eval_batch_size: Annotated[int, Field(gt=0, le=MAX_BATCH_SIZE)] = 128
     # Batches of similar length waste less compute on padding.
     group_by_length: bool = True
     lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
@@ -367,5 +394,15 @@ def _hint(name: str, valid: tuple[str, ...] | list[str]) -> str:
 
 
 def to_yaml(cfg: SweepConfig) -> str:
-    """The resolved config as YAML, for logging next to runs and exports."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The resolved config as YAML, for logging next to runs and exports, with no password in it.
+
+    The text is recorded in MLflow and shipped inside the exported model, while the storage URL
+    and tracking URI may carry passwords (runner.redact drops them; libpq and MLflow read them
+    from PGPASSWORD / ~/.pgpass / MLFLOW_TRACKING_PASSWORD when the saved config is reused).
+    """
+    from runner.redact import redact_text, redact_url
+
+    data = cfg.model_dump(mode="json")
+    data["study"]["storage"] = redact_url(data["study"]["storage"])
+    data["tracking"]["tracking_uri"] = redact_url(data["tracking"]["tracking_uri"])
+    return redact_text(yaml.safe_dump(data, sort_keys=False))

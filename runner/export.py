@@ -16,13 +16,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 from pathlib import Path
 
 from runner.cli import WorkFailed, run_command
-from runner.config import ConfigError, StudyConfig, TrackingConfig
+from runner.config import ConfigError, StudyConfig, TrackingConfig, check_name
+from runner.redact import redact_text, redact_url
 
 log = logging.getLogger("runner")
 
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m runner.export",
         description="Export a study's best trial: model folder (safetensors, tokenizer, config, metrics, model card), "
         "verified by re-evaluation, logged to MLflow and registered with the alias 'champion'.",
+        allow_abbrev=False,  # a shortened flag is an error, never a guess
     )
     p.add_argument("--study", required=True, help="study name (the MLflow experiment)")
     p.add_argument("--out", help="output folder (default mlruns/best/<study>, where the sweep keeps the best model)")
@@ -64,6 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_flags(args: argparse.Namespace) -> int:
+    """0 when the names are valid, else a ConfigError (exit 2).
+
+    ``--study`` names a folder under ``--best-dir`` (``../x`` would leave it) and ``--register``
+    goes quoted into MLflow's filter strings (a ``'`` never matches its own versions, so every
+    re-export would register a duplicate): both follow the config's ``study.name`` rule.
+    """
+    check_name("--study", args.study)
+    if args.register is not None:
+        check_name("--register", args.register)
+    return 0
+
+
 def load_study(storage_url: str, study_name: str):
     """The study, which must exist and have a complete trial (else a ConfigError)."""
     import optuna
@@ -78,7 +92,7 @@ def load_study(storage_url: str, study_name: str):
     names = optuna.study.get_all_study_names(storage)
     if study_name not in names:
         known = f" (known: {', '.join(sorted(names))})" if names else ""
-        raise ConfigError(f"unknown study {study_name!r} in {storage_url}{known}")
+        raise ConfigError(f"unknown study {study_name!r} in {redact_url(storage_url)}{known}")
     study = optuna.load_study(study_name=study_name, storage=storage)
     states = [t.state.name.lower() for t in study.trials]
     if "complete" not in states:
@@ -106,18 +120,46 @@ def saved_trial(source: Path, study):
 
 
 def stage(source: Path, out: Path) -> Path:
-    """Copy the best model next to ``out`` under a hidden name."""
+    """Copy the best model next to ``out`` under a hidden, unpredictable name (removed if this fails)."""
+    from runner.checkpoint import private_dir, staging_dir
     from runner.data import LABEL_NAMES
 
-    staging = out.with_name(f".{out.name}.export-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(source, staging)
-    # The sweep's models carry the MRPC label names (runner.model.new_model); say so if one does not.
-    labels = json.loads((staging / "config.json").read_text(encoding="utf-8")).get("id2label", {})
-    if list(labels.values()) != LABEL_NAMES:
-        raise ExportFailed(f"{source} has labels {labels}, not {LABEL_NAMES}: it was not written by runner.sweep")
+    private_dir(out.parent)
+    staging = staging_dir(out, "export")
+    try:
+        shutil.copytree(source, staging, dirs_exist_ok=True)
+        # The sweep's models carry the MRPC label names (runner.model.new_model); say so if one does not.
+        labels = json.loads((staging / "config.json").read_text(encoding="utf-8")).get("id2label", {})
+        if list(labels.values()) != LABEL_NAMES:
+            raise ExportFailed(f"{source} has labels {labels}, not {LABEL_NAMES}: it was not written by runner.sweep")
+        # A model saved by an older runner may hold a storage password in its config: never ship it.
+        saved_config = staging / "runner_config.yaml"
+        if saved_config.is_file():
+            saved_config.write_text(redact_text(saved_config.read_text(encoding="utf-8")), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     return staging
+
+
+def check_out(out: Path, source: Path, study: str) -> None:
+    """Refuse to replace ``out`` unless it is missing, empty, or a previous export of ``study`` (ConfigError).
+
+    The swap deletes what ``out`` held: ``--out ~/models`` must not wipe that folder.
+    An export is recognised by its metrics.json (or the sweep's trial.json) naming the study.
+    """
+    from runner.checkpoint import INFO_FILE, read_info
+
+    if out.resolve() == source.resolve() or not (out.exists() or out.is_symlink()):
+        return
+    if out.is_dir() and not out.is_symlink():
+        if not any(out.iterdir()):
+            return
+        if any((read_info(out, marker) or {}).get("study") == study for marker in ("metrics.json", INFO_FILE)):
+            return
+    raise ConfigError(
+        f"--out {out} exists and is not an export of study {study!r}: not replacing it (pass a new or empty folder)"
+    )
 
 
 def previous_test_scores(out: Path, record) -> dict[str, float]:
@@ -142,7 +184,7 @@ def compare(recorded: dict[str, float], measured: dict[str, float]) -> list[str]
 def run_export(args: argparse.Namespace) -> int:
     """Export, verify, publish, register; raises ConfigError (exit 2) or ExportFailed (exit 1)."""
     from runner import evaluation, modelcard, tracking
-    from runner.checkpoint import replace_dir
+    from runner.checkpoint import folder_lock, read_info, remove_leftovers, replace_dir
     from runner.config import load_config
     from runner.data import resolve_data_dir
 
@@ -151,10 +193,13 @@ def run_export(args: argparse.Namespace) -> int:
     study = load_study(args.storage, args.study)
     source = Path(args.best_dir) / args.study
     out = Path(args.out) if args.out else source
+    check_out(out, source, args.study)
     trial, info = saved_trial(source, study)
     run_id = tracking.find_trial_run(tracking_uri, args.study, trial.number)
     if run_id is None:
-        raise ConfigError(f"the tracking store {tracking_uri} has no run for trial {trial.number} of {args.study!r}")
+        raise ConfigError(
+            f"the tracking store {redact_url(tracking_uri)} has no run for trial {trial.number} of {args.study!r}"
+        )
     cfg = load_config(source / "runner_config.yaml")
     data_dir = resolve_data_dir(cfg.data, args.data_dir) or tracking.study_data_source(tracking_uri, args.study)
     log.info(
@@ -177,7 +222,11 @@ def run_export(args: argparse.Namespace) -> int:
         data_dir=data_dir,
     )
     record.recorded.setdefault(cfg.study.metric, float(trial.value))
-    staging = stage(source, out)
+    # The sweep's lock on its best-model folder (BestCheckpoint.exclusive): copy a whole model,
+    # never one halfway through a swap, and swap only if no newer best arrived meanwhile.
+    with folder_lock(source.parent):
+        remove_leftovers(out)
+        staging = stage(source, out)
     try:
         scores = evaluation.evaluate_folder(staging, cfg, data, record.precision, args.eval_split == "test")
         record.validation = scores["validation"]
@@ -189,7 +238,11 @@ def run_export(args: argparse.Namespace) -> int:
             raise ExportFailed(
                 f"re-evaluating the exported model on validation does not match the sweep: {'; '.join(mismatches)}"
             )
-        replace_dir(staging, out)
+        with folder_lock(source.parent):
+            if not read_info(source) == read_info(staging) == info:
+                raise ExportFailed(f"a new best model was saved to {source} during the export: export again")
+            check_out(out, source, args.study)
+            replace_dir(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     log.info("exported to %s", out)
@@ -235,6 +288,10 @@ def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> i
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
+    # Names first, before MLflow is even imported: a bad one is one line and touches no store.
+    code = run_command("runner.export", lambda: check_flags(args), args.debug, quiet=False)
+    if code:
+        return code
     from mlflow.exceptions import MlflowException
 
     return run_command("runner.export", lambda: run_export(args), args.debug, failures=(MlflowException,))

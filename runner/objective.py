@@ -21,6 +21,7 @@ from runner.config import SweepConfig, to_yaml
 from runner.data import MrpcData
 from runner.model import attention_dropout, new_model, resolve_attention
 from runner.progress import SweepProgress
+from runner.redact import redact_text
 from runner.space import suggest
 from runner.tracking import Tracker
 from runner.train import resolve_precision, train
@@ -60,7 +61,8 @@ class Objective:
             raise
         except Exception as err:
             _free_accelerator_memory()  # an out-of-memory trial must not starve the next one
-            trial.set_user_attr("error", f"{type(err).__name__}: {err}"[:500])
+            # Stored in the Optuna study: an error quoting a URL must not carry its password there.
+            trial.set_user_attr("error", redact_text(f"{type(err).__name__}: {err}")[:500])
             log.error("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
             self.progress.trial_finished(trial.number, "FAIL", None)
             raise

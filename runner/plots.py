@@ -21,6 +21,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from runner.redact import redact_url  # noqa: E402
+
 log = logging.getLogger("runner")
 
 OPTUNA_PLOTS = ("optimization_history", "parallel_coordinate", "param_importances", "intermediate_values")
@@ -46,7 +48,7 @@ def _load_study(storage_url: str, name: str) -> optuna.Study | None:
     try:
         return optuna.load_study(study_name=name, storage=storage_url)
     except KeyError:
-        log.warning("study %r is not in %s: only the MLflow plots are written", name, storage_url)
+        log.warning("study %r is not in %s: only the MLflow plots are written", name, redact_url(storage_url))
         return None
 
 

@@ -5,22 +5,47 @@ The model is an exported folder or an MLflow model URI (``models:/NAME@champion`
 and its probability; ``--input`` scores a file of pairs (GLUE TSV, or CSV/TSV with
 sentence1/sentence2 or text/text_pair columns) into ``--output`` (CSV; stdout without it).
 
-Exit codes: 0 done, 1 prediction failed, 2 bad input (missing model or file, wrong columns).
+A model loads only if it cannot run code of its own: its classes must be standard
+transformers classes, no ``config.json`` (or tokenizer config) may point at custom
+code (``auto_map``), no Python file may ship with it, and ``trust_remote_code`` stays
+off. Anyone who can write to a registry can point ``champion`` at any model, so a
+registry model is downloaded and checked before anything in it is loaded.
+
+Exit codes: 0 done, 1 prediction failed, 2 bad input (missing model or file, wrong
+columns, a file over the size limit, a model refused because it carries code).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import logging
+import os
+import secrets
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner.cli import run_command
 from runner.config import ConfigError
+from runner.redact import printable
 
 log = logging.getLogger("runner")
 
 BATCH_SIZE = 32
+# Activation memory grows with the batch; past a few thousand pairs a forward pass is no faster per pair.
+MAX_BATCH_SIZE = 4096
+# Pairs read, scored and written at a time: memory stays flat however long the file, and each chunk's
+# predictions reach the output (and a progress line the log) as soon as it is scored.
+CHUNK_ROWS = 1024
+# MRPC's test file is 0.4 MB; a GiB holds about five million pairs, days of CPU scoring. A bigger
+# file is far more likely a wrong path than a job for this command: refused before any scoring.
+MAX_INPUT_BYTES = 1 << 30
+# Files Python would import. A model needs none: only custom code (auto_map) would load them.
+CODE_SUFFIXES = (".py", ".pyc", ".pyo")
+# JSON keys through which transformers loads code shipped with a model (with trust_remote_code).
+CODE_KEYS = ("auto_map", "custom_pipelines")
 # Column pairs we accept for the two sentences, first match wins.
 SENTENCE_COLUMNS = [("sentence1", "sentence2"), ("text", "text_pair"), ("#1 String", "#2 String")]
 
@@ -30,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runner.predict",
         description="Predict whether two sentences are paraphrases (MRPC) with an exported model.",
+        allow_abbrev=False,  # a shortened flag is an error, never a guess
     )
     p.add_argument("--model", required=True, help="exported model folder, or models:/NAME@champion")
     p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="two sentences to compare")
@@ -51,12 +77,16 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError("give either two sentences or --input FILE, not both")
     if args.output is not None and args.input is None:
         raise ConfigError("--output needs --input")
-    if args.batch_size < 1:
-        raise ConfigError("--batch-size must be at least 1")
+    if not 1 <= args.batch_size <= MAX_BATCH_SIZE:
+        raise ConfigError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE} (got {args.batch_size})")
+
+
+class RefusedModel(ConfigError):
+    """A model that could run code of its own when loaded; refused before anything in it is loaded (exit 2)."""
 
 
 def load_classifier(model: str, tracking_uri: str | None):
-    """A text-classification pipeline from a folder or an MLflow model URI."""
+    """A text-classification pipeline from a folder or an MLflow model URI; a model carrying code is refused."""
     if "://" in model or model.startswith("models:/"):
         from runner import tracking
 
@@ -65,59 +95,214 @@ def load_classifier(model: str, tracking_uri: str | None):
         return tracking.load_pipeline(model, uri)
     folder = Path(model).expanduser()
     if not (folder / "config.json").is_file():
-        raise ConfigError(f"model folder not found (or no config.json in it): {model}")
+        raise ConfigError(f"model folder not found (or no config.json in it): {printable(model)}")
+    return load_folder(folder, name=model)
+
+
+def load_folder(
+    model_dir: Path,
+    tokenizer_dir: Path | None = None,
+    name: str = "",
+    safetensors_only: bool = False,
+    code_root: Path | None = None,
+):
+    """The pipeline of a model folder (and its tokenizer's, when apart), checked first, ``trust_remote_code`` off.
+
+    ``code_root``: a folder above both (a whole downloaded model) that must hold no Python file either.
+    ``safetensors_only`` refuses pickled weights too (a registry model: the publisher chose the files).
+    """
+    name = name or str(model_dir)
+    folders = list(dict.fromkeys([model_dir, tokenizer_dir or model_dir]))
+    for folder in folders:
+        check_model_folder(folder, name)
+    # After the checks above, whose messages say more: a stray Python file is the last line of defence.
+    for folder in [code_root] if code_root is not None else folders:
+        check_no_code(folder, name)
     from transformers import pipeline
 
-    return pipeline("text-classification", model=str(folder))
+    return pipeline(
+        "text-classification",
+        model=str(model_dir),
+        tokenizer=str(tokenizer_dir) if tokenizer_dir is not None else None,
+        trust_remote_code=False,
+        model_kwargs={"use_safetensors": True} if safetensors_only else {},
+    )
 
 
-def read_pairs(path: Path):
-    """A DataFrame of pairs with columns sentence1, sentence2 (and the file's other columns)."""
+def check_model_folder(folder: Path, name: str) -> None:
+    """Refuse (RefusedModel) a folder whose configs point at custom code or name classes transformers lacks.
+
+    transformers runs a model's own code only through ``auto_map`` (or ``custom_pipelines``) and
+    the Python files beside it (``check_no_code``), and only for a class it lacks; each of those
+    is refused, so the model loads with transformers' own classes or not at all.
+    """
+    for path in sorted(folder.glob("*.json")):
+        data = _json_object(path)
+        for key in CODE_KEYS:
+            if key in data:
+                raise RefusedModel(f"refused model {printable(name)}: {path.name} has {key} (custom code)")
+    config = _json_object(folder / "config.json")
+    architectures = config.get("architectures") or []
+    if not isinstance(architectures, list):
+        architectures = [architectures]
+    for architecture in architectures:
+        check_class_name(architecture, "config.json architectures", name)
+    tokenizer_config = _json_object(folder / "tokenizer_config.json")
+    for key in ("tokenizer_class", "processor_class"):
+        if tokenizer_config.get(key) is not None:
+            check_class_name(tokenizer_config[key], f"tokenizer_config.json {key}", name)
+
+
+def check_no_code(folder: Path, name: str) -> None:
+    """Refuse a folder with a Python file anywhere in it: a model needs none, custom code does."""
+    for root, _dirs, files in os.walk(folder):
+        for file in sorted(files):
+            if file.endswith(CODE_SUFFIXES):
+                where = (Path(root) / file).relative_to(folder)
+                raise RefusedModel(f"refused model {printable(name)}: it holds Python code ({printable(where)})")
+
+
+def check_class_name(value: object, where: str, name: str) -> None:
+    """Refuse a class name that transformers itself does not define (MLflow would load it as remote code)."""
+    import transformers
+
+    if not (isinstance(value, str) and isinstance(getattr(transformers, value, None), type)):
+        raise RefusedModel(
+            f"refused model {printable(name)}: {where} names {printable(repr(value))}, not a transformers class"
+        )
+
+
+def _json_object(path: Path) -> dict:
+    """The JSON object in ``path``; empty when the file is missing or holds something else (transformers rejects it)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def open_pairs(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator:
+    """The pairs of ``path``, as DataFrames of up to ``chunk_rows`` rows: sentence1, sentence2 and the other columns.
+
+    Size and columns are checked here, before a model is loaded; the rest of the file is read as it is scored.
+    """
     import pandas as pd
 
     if not path.is_file():
         raise ConfigError(f"input file not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise ConfigError(f"{path}: {size} bytes, over the {MAX_INPUT_BYTES}-byte limit: split the file")
     sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
     # GLUE TSVs hold unbalanced quotes: quoting off for tab-separated files.
     quoting = 3 if sep == "\t" else 0
     try:
-        frame = pd.read_csv(path, sep=sep, quoting=quoting, encoding="utf-8-sig", keep_default_na=False, dtype=str)
+        reader = pd.read_csv(
+            path,
+            sep=sep,
+            quoting=quoting,
+            encoding="utf-8-sig",
+            keep_default_na=False,
+            dtype=str,
+            chunksize=chunk_rows,
+        )
+        first = next(reader)  # a file with only a header gives one empty chunk
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
         raise ConfigError(f"{path}: cannot parse: {str(err).strip().splitlines()[0]}") from None
-    for first, second in SENTENCE_COLUMNS:
-        if first in frame.columns and second in frame.columns:
-            return frame.rename(columns={first: "sentence1", second: "sentence2"})
-    raise ConfigError(f"{path}: needs sentence1 and sentence2 columns (have {', '.join(frame.columns)})")
+    for one, two in SENTENCE_COLUMNS:
+        if one in first.columns and two in first.columns:
+            columns = {one: "sentence1", two: "sentence2"}
+            return _renamed(itertools.chain([first], reader), reader, columns, path)
+    reader.close()
+    have = printable(", ".join(map(str, first.columns)))
+    raise ConfigError(f"{path}: needs sentence1 and sentence2 columns (have {have})")
+
+
+def _renamed(chunks, reader, columns: dict[str, str], path: Path) -> Iterator:
+    import pandas as pd
+
+    try:
+        for chunk in chunks:
+            yield chunk.rename(columns=columns)
+    except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise ConfigError(f"{path}: cannot parse: {str(err).strip().splitlines()[0]}") from None
+    finally:
+        reader.close()
 
 
 def predict(classifier, pairs: list[tuple[str, str]], batch_size: int) -> list[dict]:
-    """Label and probability of the label for each pair, in order, with progress on long inputs."""
+    """Label and probability of the label for each pair, in order."""
     results: list[dict] = []
     for start in range(0, len(pairs), batch_size):
         batch = [{"text": a, "text_pair": b} for a, b in pairs[start : start + batch_size]]
         results.extend(classifier(batch, batch_size=batch_size, truncation=True))
-        if len(pairs) > batch_size:
-            log.info("scored %d/%d pairs", len(results), len(pairs))
     return results
+
+
+def printable_label(label: object) -> str:
+    """A label safe to print: it comes from the model's config, which whoever published the model wrote.
+
+    No escape sequence reaches the terminal, and no tab or newline breaks the ``label<TAB>probability`` line.
+    """
+    return printable(label).replace("\t", "\\t").replace("\n", "\\n")
+
+
+def score_chunks(classifier, chunks: Iterator, batch_size: int, write: Callable) -> int:
+    """Score each chunk of pairs and hand it to ``write(frame, first)`` at once; returns the number of pairs."""
+    total = 0
+    for index, chunk in enumerate(chunks):
+        results = predict(classifier, list(zip(chunk["sentence1"], chunk["sentence2"], strict=True)), batch_size)
+        chunk["prediction"] = [printable_label(r["label"]) for r in results]
+        chunk["probability"] = [round(float(r["score"]), 6) for r in results]
+        write(chunk, index == 0)
+        total += len(chunk)
+        log.info("scored %d pairs", total)
+    return total
+
+
+def write_to_stdout(classifier, chunks: Iterator, batch_size: int) -> int:
+    """CSV on stdout, chunk by chunk as each is scored."""
+
+    def write(frame, first: bool) -> None:
+        frame.to_csv(sys.stdout, index=False, header=first)
+        sys.stdout.flush()
+
+    return score_chunks(classifier, chunks, batch_size, write)
+
+
+def write_to_file(classifier, chunks: Iterator, batch_size: int, output: Path) -> int:
+    """CSV in ``output``, written chunk by chunk into a new file that replaces ``output`` once all is scored.
+
+    The new file is created apart (random name, exclusive create): a failure leaves ``output`` as
+    it was, and ``--output`` may name the input file, which is still being read.
+    """
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(f".{output.name}.{secrets.token_hex(6)}.part")
+    try:
+        with partial.open("x", encoding="utf-8", newline="") as handle:
+            total = score_chunks(
+                classifier, chunks, batch_size, lambda f, first: f.to_csv(handle, index=False, header=first)
+            )
+        os.replace(partial, output)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return total
 
 
 def run(args: argparse.Namespace) -> int:
     """Score one pair or a file."""
-    frame = read_pairs(args.input) if args.input is not None else None
+    chunks = open_pairs(args.input, max(CHUNK_ROWS, args.batch_size)) if args.input is not None else None
     classifier = load_classifier(args.model, args.tracking_uri)
-    if frame is None:
+    if chunks is None:
         (result,) = predict(classifier, [tuple(args.sentences)], args.batch_size)
-        sys.stdout.write(f"{result['label']}\t{result['score']:.4f}\n")
+        sys.stdout.write(f"{printable_label(result['label'])}\t{result['score']:.4f}\n")
         return 0
-    results = predict(classifier, list(zip(frame["sentence1"], frame["sentence2"], strict=True)), args.batch_size)
-    frame["prediction"] = [r["label"] for r in results]
-    frame["probability"] = [round(float(r["score"]), 6) for r in results]
     if args.output is None:
-        frame.to_csv(sys.stdout, index=False)
+        write_to_stdout(classifier, chunks, args.batch_size)
     else:
-        args.output.parent.mkdir(parents=True, exist_ok=True)
-        frame.to_csv(args.output, index=False)
-        log.info("wrote %d predictions to %s", len(frame), args.output)
+        total = write_to_file(classifier, chunks, args.batch_size, args.output)
+        log.info("wrote %d predictions to %s", total, args.output)
     return 0
 
 

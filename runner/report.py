@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from runner.cli import run_command
-from runner.config import SEARCHABLE, ConfigError, StudyConfig
+from runner.config import MAX_TRIALS, SEARCHABLE, ConfigError, StudyConfig, check_name
+from runner.redact import printable, redact_url
 
 log = logging.getLogger("runner")
 
@@ -31,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runner.report",
         description="Compare the trials of one or more studies from MLflow: a table, CSV or JSON, and plots.",
+        allow_abbrev=False,  # a shortened flag is an error, never a guess
     )
     p.add_argument("--study", action="append", required=True, help="study name; repeat to compare studies")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
@@ -74,9 +76,15 @@ def trials_frame(runs, searched: list[str], study: str):
             "accuracy": pd.to_numeric(column("metrics.best_eval_accuracy"), errors="coerce"),
             "best_epoch": pd.to_numeric(column("metrics.best_epoch"), errors="coerce").astype("Int64"),
             "train_s": pd.to_numeric(column("metrics.train_runtime"), errors="coerce").round(1),
-            "note": note.fillna("").astype(str).str.slice(0, 60),
+            # Redacted and escaped before it is cut: a cut URL would hide its password from the redaction.
+            "note": note.fillna("").astype(str).map(printable).str.slice(0, 60),
         }
     )
+    # Every text cell comes from the tracking store, which anyone who can log a run writes to:
+    # no escape sequence (clear the screen, retitle the terminal) or password reaches the output.
+    for name in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[name]):
+            frame[name] = frame[name].map(lambda v: printable(v) if isinstance(v, str) else v)
     frame["_order"] = frame["state"].map(STATE_ORDER).fillna(9)
     frame = frame.sort_values(["_order", "best_f1", "trial"], ascending=[True, False, True], na_position="last")
     return frame.drop(columns="_order").reset_index(drop=True)
@@ -86,7 +94,8 @@ def searched_params(tracking_uri: str, study: str, runs) -> list[str]:
     """Searched hyperparameters: as the study run records them, else those that vary across trials."""
     from runner import tracking
 
-    names = tracking.searched_param_names(tracking_uri, study)
+    # Only real hyperparameter names become columns: the tag is store text like any other.
+    names = [n for n in tracking.searched_param_names(tracking_uri, study) or [] if n in SEARCHABLE]
     if names:
         return names
     present = [n for n in SEARCHABLE if f"params.{n}" in runs.columns]
@@ -147,6 +156,18 @@ def render(frame, fmt: str, several: bool) -> str:
         return head + table.to_string(index=False) + "\n"
 
 
+def check_flags(args: argparse.Namespace) -> int:
+    """0 when the flags are valid, else a ConfigError (exit 2).
+
+    A study name becomes a plots folder (``--plots DIR/<study>``): ``../x`` would write outside DIR.
+    """
+    for study in args.study:
+        check_name("--study", study)
+    if args.top is not None and not 1 <= args.top <= MAX_TRIALS:
+        raise ConfigError(f"--top must be between 1 and {MAX_TRIALS}, got {args.top}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the table from MLflow, print it, and write the plots."""
     import pandas as pd
@@ -159,7 +180,7 @@ def run(args: argparse.Namespace) -> int:
     for study in dict.fromkeys(args.study):
         runs = tracking.search_trial_runs(uri, study)
         if runs.empty:
-            raise ConfigError(f"study {study!r} has no trial runs in {uri}")
+            raise ConfigError(f"study {study!r} has no trial runs in {redact_url(uri)}")
         all_runs[study] = runs
         frames.append(trials_frame(runs, searched_params(uri, study, runs), study))
     combined = pd.concat([f.head(args.top) if args.top else f for f in frames], ignore_index=True)
@@ -177,13 +198,11 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code."""
     args = build_parser().parse_args(argv)
-
-    def work() -> int:
-        if args.top is not None and args.top < 1:
-            raise ConfigError("--top must be at least 1")
-        return run(args)
-
-    return run_command("runner.report", work, args.debug, failures=(OSError, RuntimeError))
+    # Flags first, before the ML libraries are imported: a bad name is one line and touches no store.
+    code = run_command("runner.report", lambda: check_flags(args), args.debug, quiet=False)
+    if code:
+        return code
+    return run_command("runner.report", lambda: run(args), args.debug, failures=(OSError, RuntimeError))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,9 @@ from types import TracebackType
 
 import optuna
 
+from runner.checkpoint import private_dir
 from runner.config import ConfigError
+from runner.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +38,9 @@ def check_storage_url(url: str) -> None:
     try:
         make_url(url).get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise ConfigError(f"invalid Optuna storage URL {url!r}: {err}") from None
+        raise ConfigError(f"invalid Optuna storage URL {redact_url(url)!r}: {redact_text(str(err))}") from None
     except ImportError as err:
-        raise ConfigError(f"Optuna storage {url!r} needs a database driver: {err}") from None
+        raise ConfigError(f"Optuna storage {redact_url(url)!r} needs a database driver: {err}") from None
 
 
 def check_storage_reachable(url: str) -> None:
@@ -54,7 +56,7 @@ def check_storage_reachable(url: str) -> None:
             pass
         engine.dispose()
     except Exception as err:  # noqa: BLE001 - each driver raises its own types
-        raise ConfigError(f"cannot connect to Optuna storage {_redact(url)}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot connect to Optuna storage {redact_url(url)}: {_first_line(err)}") from None
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -67,7 +69,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     if _backend(url) == "sqlite":
         db = _sqlite_path(url)
         if db is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
+            private_dir(db.parent)  # mlruns/ holds databases and models: 0700
             use_wal(db)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_TIMEOUT_S}}
     elif _backend(url) == "postgresql":
@@ -75,7 +77,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
-        raise ConfigError(f"cannot open Optuna storage {_redact(url)}: {_first_line(err)}") from None
+        raise ConfigError(f"cannot open Optuna storage {redact_url(url)}: {_first_line(err)}") from None
 
 
 def use_wal(db: Path) -> None:
@@ -108,11 +110,10 @@ class StudyLock:
             # Autocommit: the lock belongs to the session, and no transaction is left open while it is held.
             self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         elif backend == "sqlite" and _sqlite_path(url) is not None:
-            folder = _sqlite_path(url).parent
-            folder.mkdir(parents=True, exist_ok=True)
+            folder = private_dir(_sqlite_path(url).parent)
             self._fd = os.open(folder, os.O_RDONLY)
         else:
-            log.debug("no lock for storage %s: workers are not serialised", _redact(url))
+            log.debug("no lock for storage %s: workers are not serialised", redact_url(url))
 
     def acquire(self) -> None:
         """Block until this process holds the lock."""
@@ -179,16 +180,7 @@ def _connect_args(url: str) -> dict:
     return {"connect_timeout": CONNECT_TIMEOUT_S} if _backend(url) in ("postgresql", "mysql") else {}
 
 
-def _redact(url: str) -> str:
-    """The URL without its password, for messages."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 - a URL too broken to parse is shown as given
-        return url
-
-
 def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
+    # A driver's message may quote the URL it was given (psycopg does on a bad port).
+    lines = redact_text(str(err)).strip().splitlines()
     return lines[0] if lines else type(err).__name__

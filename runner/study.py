@@ -24,6 +24,7 @@ from runner.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
 from runner.model import attention_dropout, load_tokenizer, resolve_model
 from runner.objective import Objective
 from runner.progress import SweepProgress
+from runner.redact import redact_argv, redact_url
 from runner.scheduler import FINISHED, retry_origin, run_until_total, settle_dead_workers
 from runner.space import max_epochs, to_distributions
 from runner.storage import StudyLock, check_storage_reachable, check_storage_url, open_storage
@@ -275,7 +276,9 @@ def reproduction_tags(cfg: SweepConfig) -> dict[str, str]:
     import transformers
 
     tags = {
-        "runner.command": shlex.join([Path(sys.executable).name, "-m", "runner.sweep", *sys.argv[1:]]),
+        # The command as typed, minus any password (a --storage or --tracking-uri URL may hold one).
+        "runner.command": shlex.join([Path(sys.executable).name, "-m", "runner.sweep", *redact_argv(sys.argv[1:])]),
+        "runner.storage": redact_url(cfg.study.storage),
         "runner.versions": f"transformers={transformers.__version__} datasets={datasets.__version__} "
         f"torch={torch.__version__} optuna={optuna.__version__} mlflow={mlflow.__version__}",
         "runner.model": cfg.model.name,
@@ -361,7 +364,7 @@ def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpo
     flags = (
         ""
         if cfg.tracking.tracking_uri == TrackingConfig().tracking_uri
-        else f" --tracking-uri {cfg.tracking.tracking_uri}"
+        else f" --tracking-uri {redact_url(cfg.tracking.tracking_uri)}"
     )
     out.write(
         f"compare the runs: python -m runner.ui{flags}  or  python -m runner.report --study {cfg.study.name}{flags}\n"

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from runner.cli import run_command
 from runner.config import ConfigError, SweepConfig, load_config, parse_override
+from runner.launch import STORAGE_ENV, WORKER_ENV
 
 log = logging.getLogger("runner")
 
@@ -26,24 +27,32 @@ EXAMPLES = """examples:
   python -m runner.sweep --config sweeps/smoke.yaml --trials 3 --data-dir ../shared/data/mrpc
   python -m runner.sweep --study lr-fixed --set search_space.learning_rate=5e-5
   python -m runner.sweep --trials 20 --workers 2            # two worker processes on this machine
-  python -m runner.sweep --storage postgresql://USER:PASS@HOST/optuna --tracking-uri http://HOST:5000
+  PGPASSWORD=... python -m runner.sweep --storage postgresql://USER@HOST/optuna --tracking-uri https://HOST
                                                            # the same command on each machine: one shared study
 Re-running the same command after a crash or Ctrl-C resumes the study up to --trials."""
 
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line flags; each defaults to None so an unset flag never overrides the file."""
-    p = argparse.ArgumentParser(
+    p = OneLineParser(
         prog="python -m runner.sweep",
         description="Run an Optuna hyperparameter sweep fine-tuning a BERT-family model on GLUE MRPC, "
         "with every trial tracked in MLflow.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        # No abbreviations: "--worker 3" meaning "--workers 3" would slip past the launcher's
+        # stripping of --workers and have every worker launch workers again.
+        allow_abbrev=False,
     )
     p.add_argument("--config", metavar="FILE", help=f"sweep YAML file (default: {DEFAULT_CONFIG})")
     p.add_argument("--trials", metavar="N", type=int, help="total finished (complete or pruned) trials to reach")
     p.add_argument("--study", metavar="NAME", help="study name, also the MLflow experiment name")
-    p.add_argument("--storage", metavar="URL", help="Optuna storage (default sqlite:///mlruns/optuna.db)")
+    p.add_argument(
+        "--storage",
+        metavar="URL",
+        help=f"Optuna storage (default ${STORAGE_ENV}, else the config's, else sqlite:///mlruns/optuna.db); "
+        f"${STORAGE_ENV} keeps a URL with a password out of the command line, which ps shows to everyone",
+    )
     p.add_argument(
         "--tracking-uri",
         metavar="URI",
@@ -81,6 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr and exit 2, like every other error (no usage block)."""
+
+    def error(self, message: str):
+        self.exit(2, f"runner.sweep: error: {message} (see --help)\n")
+
+
 def _int_arg(flag: str):
     # argparse would print its usage block as well; we want one line, raised where main() reports it.
     def parse(text: str) -> int | str:
@@ -107,13 +123,13 @@ def default_config_path() -> Path:
 
 
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
-    """Defaults < YAML < named flags < --set, validated in one go."""
+    """Defaults < YAML < environment < named flags < --set, validated in one go."""
     path = args.config or default_config_path()
     overrides = {}
     named = {
         "study.n_trials": args.trials,
         "study.name": args.study,
-        "study.storage": args.storage,
+        "study.storage": args.storage or os.environ.get(STORAGE_ENV) or None,
         "tracking.tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
         "model.name": args.model,
         "study.retry_failed": args.retry_failed,
@@ -148,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     def work() -> int:
         _check_count("--workers", args.workers, 1)
         _check_count("--retry-failed", args.retry_failed, 0)
+        if args.workers is not None and args.workers > 1 and os.environ.get(WORKER_ENV) is not None:
+            # Belt and braces against a --workers flag the launcher failed to strip: no fork bomb.
+            raise ConfigError(f"--workers: this process is a launcher's worker ({WORKER_ENV} is set): it launches none")
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
         if args.workers is not None and args.workers > 1:
             return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv)

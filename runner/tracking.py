@@ -24,7 +24,9 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
 
+from runner.checkpoint import private_dir
 from runner.config import ConfigError, TrackingConfig
+from runner.redact import redact_text, redact_url
 from runner.storage import use_wal
 
 log = logging.getLogger(__name__)
@@ -46,11 +48,12 @@ def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
             requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
         except requests.RequestException as err:
             raise TrackingError(
-                f"MLflow tracking server {tracking_uri} does not answer: {type(err).__name__}"
+                f"MLflow tracking server {redact_url(tracking_uri)} does not answer: {type(err).__name__}"
             ) from None
     elif url.scheme in ("", "file"):
         raise TrackingError(
-            f"tracking URI {tracking_uri!r} is a file store, which MLflow 3 refuses: use sqlite:///PATH/mlflow.db"
+            f"tracking URI {redact_url(tracking_uri)!r} is a file store, which MLflow 3 refuses: "
+            "use sqlite:///PATH/mlflow.db"
         )
 
 
@@ -78,7 +81,7 @@ class Tracker:
         tracking_uri = absolute_sqlite_uri(tracking_uri)
         url = urlparse(tracking_uri)
         if url.scheme == "sqlite" and url.path.removeprefix("/") not in ("", ":memory:"):
-            Path(url.path.removeprefix("/")).parent.mkdir(parents=True, exist_ok=True)
+            private_dir(Path(url.path.removeprefix("/")).parent)  # mlruns/ holds databases and models: 0700
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.system_metrics = system_metrics
@@ -186,8 +189,9 @@ class Tracker:
             handle.end("KILLED", "FAIL", {"runner.error": "interrupted (Ctrl-C or SIGTERM)"})
             raise
         except BaseException as err:
-            handle.log_text("error.txt", "".join(traceback.format_exception(err)))
-            handle.end("FAILED", "FAIL", {"runner.error": f"{type(err).__name__}: {err}"[:5000]})
+            # An error may quote a URL with its password (a database driver's message): never record one.
+            handle.log_text("error.txt", redact_text("".join(traceback.format_exception(err))))
+            handle.end("FAILED", "FAIL", {"runner.error": redact_text(f"{type(err).__name__}: {err}")[:5000]})
             raise
         else:
             handle.end("FINISHED", "COMPLETE", {})
@@ -455,16 +459,74 @@ def set_champion(tracking_uri: str, name: str, version: str) -> str | None:
 
 
 def load_pipeline(model_uri: str, tracking_uri: str):
-    """A transformers pipeline from a ``models:/`` or ``runs:/`` URI; unknown models are a TrackingError."""
-    import mlflow.transformers
-    from mlflow.exceptions import MlflowException
+    """A transformers pipeline from a ``models:/`` or ``runs:/`` URI; unknown models are a TrackingError.
+
+    Not through ``mlflow.transformers.load_model``: for a class transformers lacks, it loads the
+    model with ``trust_remote_code=True``, running whatever code the publisher shipped. The
+    artifacts are downloaded into a private folder, checked (``MLmodel`` here, the folders by
+    ``runner.predict.load_folder``), and loaded from that same copy with ``trust_remote_code``
+    off; a model that carries code is refused (``runner.predict.RefusedModel``, exit 2).
+    """
+    import os
+    import tempfile
+    from unittest import mock
+
+    from mlflow.artifacts import download_artifacts
+
+    from runner.predict import load_folder
+    from runner.redact import printable
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
+    # MLflow's download progress bar would break predict's one-line errors; a user's own setting wins.
+    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+    quiet = {} if bar in os.environ else {bar: "false"}
+    with tempfile.TemporaryDirectory(prefix="runner-model-") as scratch, mock.patch.dict(os.environ, quiet):
+        try:
+            root = Path(download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=tracking_uri))
+        except MlflowException as err:
+            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise TrackingError(f"cannot load {printable(model_uri)}: {printable(first_line)}") from None
+        model_dir, tokenizer_dir = _checked_transformers_folders(root, model_uri)
+        # Weights and tokenizer are in memory once loaded: the copy can go.
+        return load_folder(model_dir, tokenizer_dir, name=model_uri, safetensors_only=True, code_root=root)
+
+
+def _checked_transformers_folders(root: Path, model_uri: str) -> tuple[Path, Path | None]:
+    """The model and tokenizer folders of a downloaded MLflow transformers model, after checking its MLmodel.
+
+    Every class the ``transformers`` flavor names must be one transformers defines (MLflow
+    would load any other as remote code).
+    """
+    import yaml
+
+    from runner.predict import check_class_name
+    from runner.redact import printable
+
+    name = printable(model_uri)
     try:
-        return mlflow.transformers.load_model(model_uri)
-    except MlflowException as err:
-        raise TrackingError(f"cannot load {model_uri}: {str(err).strip().splitlines()[0]}") from None
+        flavor = (yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8")) or {}).get("flavors", {})
+        flavor = flavor.get("transformers")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        raise TrackingError(f"cannot load {name}: no readable MLmodel file in it") from None
+    if not isinstance(flavor, dict):
+        raise TrackingError(f"cannot load {name}: not an MLflow transformers model")
+    if flavor.get("task") != "text-classification":
+        raise TrackingError(f"cannot load {name}: a {printable(flavor.get('task'))} model, not text-classification")
+    components = flavor.get("components") or []
+    if not isinstance(components, list) or not all(isinstance(c, str) for c in components):
+        raise TrackingError(f"cannot load {name}: MLmodel components is not a list of names")
+    check_class_name(flavor.get("pipeline_model_type"), "MLmodel pipeline_model_type", model_uri)
+    check_class_name(flavor.get("instance_type"), "MLmodel instance_type", model_uri)
+    for key in ["processor_type", *(f"{c}_type" for c in components)]:
+        if key in flavor:
+            check_class_name(flavor[key], f"MLmodel {key}", model_uri)
+    binary = flavor.get("model_binary")
+    # A plain folder name inside the download; anything else could point the loader elsewhere on this machine.
+    if not (isinstance(binary, str) and binary and Path(binary).name == binary and (root / binary).is_dir()):
+        raise TrackingError(f"cannot load {name}: its weights are not in the artifacts (model_binary)")
+    tokenizer_dir = root / "components" / "tokenizer"
+    return root / binary, tokenizer_dir if "tokenizer" in components and tokenizer_dir.is_dir() else None
 
 
 def search_trial_runs(tracking_uri: str, study: str):

@@ -35,17 +35,38 @@ class TrainingDiverged(FloatingPointError):
 
 @functools.cache
 def resolve_precision(mixed: bool) -> str:
-    """What ``fp16: true`` means here: fp16 on CUDA, bf16 on a CPU that has it, else fp32."""
+    """What ``fp16: true`` means here: fp16 on CUDA, bf16 on a CPU that computes it fast, else fp32."""
     if not mixed:
         return "fp32"
     if torch.cuda.is_available():
         return "fp16"
+    return "bf16" if cpu_bf16_is_fast() else "fp32"
+
+
+@functools.cache
+def cpu_bf16_is_fast() -> bool:
+    """Does a bf16 matrix multiply beat fp32 on this CPU? Measured once per process.
+
+    Every CPU torch runs on accepts bf16, but only some compute it natively (AMX, AVX-512
+    BF16: 2-6x fp32). Others emulate it: on an AVX2-only AMD EPYC, a 1024^2 bf16 matmul
+    took 70x as long as fp32, and a bf16 trial ran for hours. Asking the CPU by flags
+    needs torch's private API, so this times one small multiply of each kind instead
+    (tens of milliseconds); an emulating CPU loses by an order of magnitude, not a margin.
+    """
     try:
-        x = torch.ones(8, 8, dtype=torch.bfloat16)
-        (x @ x).sum().item()
+        times = {}
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.ones(256, 256, dtype=dtype)
+            (x @ x).sum().item()  # warm-up: first-call dispatch and allocation
+            start = time.perf_counter()
+            for _ in range(3):
+                (x @ x).sum().item()
+            times[dtype] = time.perf_counter() - start
     except RuntimeError:
-        return "fp32"
-    return "bf16"
+        return False
+    fast = times[torch.bfloat16] < times[torch.float32]
+    log.debug("bf16 matmul %.1f ms, fp32 %.1f ms", 1e3 * times[torch.bfloat16], 1e3 * times[torch.float32])
+    return fast
 
 
 @dataclass

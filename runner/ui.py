@@ -22,6 +22,7 @@ import time
 
 from runner.cli import WorkFailed, run_command
 from runner.config import ConfigError
+from runner.redact import redact_url
 
 log = logging.getLogger("runner")
 
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m runner.ui",
         description="Start the MLflow UI on the project's tracking store (http://127.0.0.1:PORT); Ctrl-C stops it.",
+        allow_abbrev=False,  # a shortened flag is an error, never a guess
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default %(default)s)")
     p.add_argument(
@@ -59,22 +61,30 @@ def check_port(port: int) -> None:
             raise ConfigError(f"port {port} on {HOST} is in use: pass --port N") from None
 
 
-def server_command(tracking_uri: str, port: int) -> list[str]:
-    """The ``mlflow ui`` command line for this store."""
+def server_command(port: int) -> list[str]:
+    """The ``mlflow ui`` command line; the store goes in the environment (``server_env``), not here."""
     return [
         sys.executable, "-m", "mlflow", "ui",
-        "--backend-store-uri", tracking_uri,
         "--host", HOST, "--port", str(port),
         "--workers", "1",
     ]  # fmt: skip
 
 
+def server_env(tracking_uri: str) -> dict[str, str]:
+    """The server's environment: the store URI travels as ``MLFLOW_BACKEND_STORE_URI``.
+
+    A URI with a password on the command line would be readable by every user through ``ps``;
+    the environment of a process is readable only by its owner.
+    """
+    return {**os.environ, "MLFLOW_BACKEND_STORE_URI": tracking_uri, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
 def start(tracking_uri: str, port: int, log_file) -> subprocess.Popen:
     """Start the server in its own process group, so that stopping it stops all its children."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     return subprocess.Popen(
-        server_command(tracking_uri, port), env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True
-    )
+        server_command(port), env=server_env(tracking_uri), stdout=log_file, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # fmt: skip
 
 
 def wait_until_up(proc: subprocess.Popen, url: str, timeout: float = START_TIMEOUT_S) -> None:
@@ -131,7 +141,7 @@ def serve(tracking_uri: str, port: int, debug: bool) -> int:
     with tempfile.TemporaryFile() as server_log:
         proc = start(tracking_uri, port, None if debug else server_log)
         try:
-            log.info("starting the MLflow UI on %s (store %s)", url, tracking_uri)
+            log.info("starting the MLflow UI on %s (store %s)", url, redact_url(tracking_uri))
             try:
                 wait_until_up(proc, url)
             except ServerFailed as err:

@@ -6,6 +6,7 @@ imported, and the Hugging Face caches live in a per-session folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -191,6 +192,17 @@ def tiny_model(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def classifier_dir(tiny_model, tmp_path_factory) -> Path:
+    """The tiny BERT with a seeded 2-class head and MRPC label names, as an export would hold it."""
+    from runner.model import load_tokenizer, new_model
+
+    folder = tmp_path_factory.mktemp("classifier")
+    new_model(str(tiny_model), seed=3).save_pretrained(folder)
+    load_tokenizer(str(tiny_model)).save_pretrained(folder)
+    return folder
+
+
 @pytest.fixture
 def tiny_tokenizer(tiny_model):
     from runner.model import load_tokenizer
@@ -297,3 +309,76 @@ class Stores:
 
     def artifacts(self, run) -> set[str]:
         return {f.path for f in self.client.list_artifacts(run.info.run_id)}
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A superuser URL of a real PostgreSQL server (``.ci/run`` starts one and sets RUNNER_TEST_POSTGRES_URL).
+
+    Without it the test skips, unless ``RUNNER_REQUIRE_POSTGRES=1`` (set by ``.ci/run``) makes that a failure.
+    """
+    url = os.environ.get("RUNNER_TEST_POSTGRES_URL")
+    if not url:
+        reason = "no PostgreSQL: set RUNNER_TEST_POSTGRES_URL to a superuser URL (.ci/run starts a server)"
+        if os.environ.get("RUNNER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(reason + "; RUNNER_REQUIRE_POSTGRES=1 forbids skipping")
+        pytest.skip(reason)
+    return url
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def start_mlflow_server(backend_store_uri: str, root: Path):
+    """``mlflow server`` on loopback serving an artifact root under ``root``; yields its URI, then stops it."""
+    import subprocess
+    import sys
+    import time
+
+    import requests
+
+    port = free_port()
+    uri = f"http://127.0.0.1:{port}"
+    command = [
+        *(sys.executable, "-m", "mlflow", "server"),
+        *("--artifacts-destination", str(root / "artifacts")),
+        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+    ]
+    log = (root / "server.log").open("w")
+    # The store travels in the environment: a URI on the command line is visible to `ps`.
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_BACKEND_STORE_URI": backend_store_uri}
+    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if requests.get(f"{uri}/health", timeout=2).ok:
+                    break
+            except requests.RequestException:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield uri
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
+            server.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A tracking server with its own SQLite store: yields (URI, folder holding its database and artifacts)."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root) as uri:
+        yield uri, root

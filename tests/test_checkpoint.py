@@ -104,3 +104,55 @@ def test_leftovers_of_dead_processes_are_removed(tmp_path):
         (folder / "model.safetensors").write_bytes(b"partial")
     assert checkpoint.remove_leftovers() == [dead]
     assert not dead.exists() and live.exists()
+
+
+DEAD_PID = 4194999  # above Linux's largest pid_max (2**22): never a live process
+
+
+def fill(folder, trial: int) -> None:
+    folder.mkdir()
+    (folder / INFO_FILE).write_text(json.dumps({"trial": trial, "value": 0.5}), encoding="utf-8")
+    (folder / "model.safetensors").write_bytes(b"weights of trial %d" % trial)
+
+
+def test_a_stop_between_the_two_renames_is_repaired(tmp_path):
+    """replace_dir renamed the model aside, then died before renaming the new one in: the old one comes back."""
+    checkpoint = BestCheckpoint(tmp_path, "study", maximize=True)
+    fill(tmp_path / f".study.old-{DEAD_PID}-k3j2x9_a", trial=3)
+    fill(tmp_path / f".study.tmp-{DEAD_PID}-q8w7e6r5", trial=4)  # the new model, maybe half-written
+
+    removed = checkpoint.remove_leftovers()
+
+    assert checkpoint.current() == {"trial": 3, "value": 0.5}
+    assert (checkpoint.path / "model.safetensors").read_bytes() == b"weights of trial 3"
+    assert removed == [tmp_path / f".study.tmp-{DEAD_PID}-q8w7e6r5"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["study"]
+
+
+def test_the_newest_old_copy_is_restored_and_old_copies_go_only_when_the_folder_exists(tmp_path):
+    checkpoint = BestCheckpoint(tmp_path, "study", maximize=True)
+    older, newer = tmp_path / f".study.old-{DEAD_PID}", tmp_path / f".study.old-{DEAD_PID}-abc123de"
+    fill(older, trial=1)
+    fill(newer, trial=2)
+    os.utime(older, (1_000_000, 1_000_000))
+    live_old = tmp_path / f".study.old-{os.getpid()}-zzzzzzzz"  # a swap in progress in a live process
+    fill(live_old, trial=9)
+
+    assert checkpoint.remove_leftovers() == [older]
+    assert checkpoint.current()["trial"] == 2
+    assert live_old.exists()
+
+    # The folder exists now: a dead process's old copy is just garbage.
+    fill(older, trial=1)
+    assert checkpoint.remove_leftovers() == [older]
+    assert checkpoint.current()["trial"] == 2 and not older.exists()
+
+
+def test_leftovers_of_other_folders_are_not_touched(tmp_path):
+    """Study 'study.old-1' is not a leftover of study 'study', nor is the export 'study-v2'."""
+    checkpoint = BestCheckpoint(tmp_path, "study", maximize=True)
+    for name in ("study.old-4194999", ".study-v2.tmp-4194999", ".study.old-4194999.x"):
+        fill(tmp_path / name, trial=1)
+    assert checkpoint.remove_leftovers() == []
+    assert not checkpoint.path.exists()
+    assert len(list(tmp_path.iterdir())) == 3

@@ -235,3 +235,103 @@ def test_no_stores_at_all_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     code, _, err = export(capsys, "--study", "tiny")
     assert code == 2 and err.count("\n") == 1 and "run a sweep first" in err
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_out_on_a_foreign_folder_is_refused_and_left_alone(run_sweep, tmp_path, capsys, premade_mlflow_db):
+    assert run_sweep("--trials", "1").code == 0
+    mine = tmp_path / "models"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my own work\n")
+    (mine / "metrics.json").write_text('{"study": "another"}')  # another study's export is foreign too
+    before = snapshot(mine)
+
+    code, _, err = export(capsys, "--study", "tiny", "--out", str(mine))
+
+    assert code == 2
+    assert err.count("\n") == 1 and "not an export of study 'tiny'" in err and "Traceback" not in err
+    assert snapshot(mine) == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    client, _ = registry(tmp_path)
+    assert client.search_registered_models() == []
+
+    # A new folder, then the same one again: an export replaces its own previous export.
+    exported = mine / "tiny"
+    assert export(capsys, "--study", "tiny", "--out", str(exported))[0] == 0
+    code, _, err = export(capsys, "--study", "tiny", "--out", str(exported))
+    assert code == 0, err
+    assert json.loads((exported / "metrics.json").read_text())["study"] == "tiny"
+    assert (mine / "notes.txt").read_text() == "my own work\n"
+
+
+def test_export_swaps_under_the_sweeps_lock(run_sweep, tmp_path, capsys, monkeypatch, premade_mlflow_db):
+    """While export replaces the folder, a sweep worker's lock attempt (non-blocking here) must fail."""
+    import fcntl
+    import os
+
+    import runner.checkpoint
+
+    assert run_sweep("--trials", "1").code == 0
+    best = tmp_path / "mlruns" / "best"
+    real_replace = runner.checkpoint.replace_dir
+    attempts = []
+
+    def replace_while_probing(src, dst):
+        fd = os.open(best, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            attempts.append("got the lock")
+        except BlockingIOError:
+            attempts.append("held by export")
+        finally:
+            os.close(fd)
+        real_replace(src, dst)
+
+    monkeypatch.setattr(runner.checkpoint, "replace_dir", replace_while_probing)
+    code, _, err = export(capsys, "--study", "tiny")
+    assert code == 0, err
+    assert attempts == ["held by export"]
+
+
+def test_a_newer_best_saved_during_export_is_not_overwritten(
+    run_sweep, tmp_path, capsys, monkeypatch, premade_mlflow_db
+):
+    """A sweep worker saves a better model while export re-evaluates: export stops instead of swapping it out."""
+    import shutil
+
+    from runner import evaluation
+    from runner.checkpoint import INFO_FILE, BestCheckpoint, replace_dir
+
+    assert run_sweep("--trials", "1").code == 0
+    checkpoint = BestCheckpoint(tmp_path / "mlruns" / "best", "tiny", maximize=True)
+    real_evaluate = evaluation.evaluate_folder
+
+    def evaluate_while_the_sweep_saves(*args, **kwargs):
+        scores = real_evaluate(*args, **kwargs)
+        with checkpoint.exclusive():  # what BestCheckpoint.offer does
+            newer = tmp_path / "mlruns" / "best" / "newer"
+            shutil.copytree(checkpoint.path, newer)
+            (newer / INFO_FILE).write_text(json.dumps({"study": "tiny", "trial": 7, "value": 0.99}))
+            replace_dir(newer, checkpoint.path)
+        return scores
+
+    monkeypatch.setattr(evaluation, "evaluate_folder", evaluate_while_the_sweep_saves)
+    code, _, err = export(capsys, "--study", "tiny")
+
+    assert code == 1 and err.count("\n") == 1 and "new best model" in err
+    assert checkpoint.current()["trial"] == 7
+    assert not (checkpoint.path / "metrics.json").exists()
+    assert not leftovers(tmp_path)
+
+
+def test_a_password_left_in_an_old_saved_config_is_not_shipped(run_sweep, tmp_path, capsys, premade_mlflow_db):
+    """A best model saved by an older runner kept the storage password in runner_config.yaml: export drops it."""
+    assert run_sweep("--trials", "1").code == 0
+    saved = tmp_path / "mlruns" / "best" / "tiny" / "runner_config.yaml"
+    secret = "OldSentinel-51ab"
+    text = saved.read_text(encoding="utf-8")
+    saved.write_text(text + f"# storage was postgresql://runner:{secret}@db/optuna\n", encoding="utf-8")
+    code, _, err = export(capsys, "--study", "tiny")
+    assert code == 0, err
+    shipped = (tmp_path / "mlruns" / "best" / "tiny" / "runner_config.yaml").read_text(encoding="utf-8")
+    assert secret not in shipped
+    assert "postgresql://runner@db/optuna" in shipped

@@ -34,8 +34,8 @@ def test_one_gpu_per_worker():
 
 
 def test_workers_flag_is_not_passed_on():
-    argv = ["--trials", "4", "--workers", "2", "--study", "s", "--workers=3"]
-    assert strip_workers_flag(argv) == ["--trials", "4", "--study", "s"]
+    argv = ["--trials", "4", "--workers", "2", "--study", "s", "--workers=3", "--set", "study.name=--workers"]
+    assert strip_workers_flag(argv) == ["--trials", "4", "--study", "s", "--set", "study.name=--workers"]
 
 
 CHILD = """
@@ -73,21 +73,29 @@ def test_a_failing_worker_makes_the_launcher_fail():
 
 @pytest.mark.usefixtures("premade_mlflow_db")
 def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
-    """`--workers 2` on SQLite: exact total, one study run, every trial run under it, output prefixed."""
+    """`--workers 2` on SQLite: exact total, one study run, every trial run under it, output prefixed.
+
+    The storage is given as a flag, which the workers get as $RUNNER_STORAGE: they must all use it.
+    """
     command = [
         *(sys.executable, "-m", "runner.sweep", "--workers", "2", "--config", str(sweep_yaml)),
         *("--data-dir", str(mrpc_dir), "--model", str(tiny_model), "--no-system-metrics", "--trials", "4"),
+        "--storage=sqlite:///mlruns/shared.db",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     threads = max(1, cpu_count() // 2)
     assert f"{threads} torch thread(s) each" in proc.stderr
+    assert proc.stderr.count(" started (pid ") == 2  # two workers, none of which launched more
     for index in (0, 1):
         assert f"[worker {index}] " in proc.stderr
         assert f"this worker uses {threads} torch thread(s)" in proc.stderr
-    study = store.study()
+    import optuna
+
+    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'mlruns' / 'shared.db'}")
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
+    assert not (tmp_path / "mlruns" / "optuna.db").exists()
     # Workers that start together must not propose the same parameters in lockstep.
     assert len({t.params["learning_rate"] for t in study.trials}) == 4
     parent = store.parent()
@@ -98,7 +106,7 @@ def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
     assert all(c.info.status == "FINISHED" for c in children)
     import sqlite3
 
-    for name in ("optuna.db", "mlflow.db"):  # concurrent local writers: write-ahead logging on both stores
+    for name in ("shared.db", "mlflow.db"):  # concurrent local writers: write-ahead logging on both stores
         with sqlite3.connect(tmp_path / "mlruns" / name) as conn:
             assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 

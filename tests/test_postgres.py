@@ -1,13 +1,13 @@
 """Several workers, one study: Optuna on a real PostgreSQL server, MLflow through a real tracking server.
 
-Needs ``RUNNER_TEST_POSTGRES_URL`` (a superuser URL; ``.ci/run`` starts a server and sets it).
+Needs ``RUNNER_TEST_POSTGRES_URL`` (a superuser URL; ``.ci/run`` starts a server and sets it). The URL has
+no password: libpq reads it from ``PGPASSFILE`` (which ``.ci/postgres.sh`` exports) or ``PGPASSWORD``.
 Without it the tests skip, unless ``RUNNER_REQUIRE_POSTGRES=1`` (set by ``.ci/run``) makes that a failure.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,23 +17,12 @@ from pathlib import Path
 
 import optuna
 import pytest
-import requests
+from conftest import start_mlflow_server
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
-
-
-@pytest.fixture(scope="module")
-def postgres_url() -> str:
-    url = os.environ.get("RUNNER_TEST_POSTGRES_URL")
-    if not url:
-        reason = "no PostgreSQL: set RUNNER_TEST_POSTGRES_URL to a superuser URL (.ci/run starts a server)"
-        if os.environ.get("RUNNER_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason + "; RUNNER_REQUIRE_POSTGRES=1 forbids skipping")
-        pytest.skip(reason)
-    return url
 
 
 @pytest.fixture(scope="module")
@@ -58,46 +47,11 @@ def new_database(postgres_url):
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def tracking_server(new_database, tmp_path_factory):
     """``mlflow server`` on loopback, backed by PostgreSQL, serving an artifact root to its clients."""
-    root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
-    uri = f"http://127.0.0.1:{port}"
-    command = [
-        *(sys.executable, "-m", "mlflow", "server"),
-        *("--backend-store-uri", new_database()),
-        *("--artifacts-destination", str(root / "artifacts")),
-        *("--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
-    ]
-    log = (root / "server.log").open("w")
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"}
-    server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if requests.get(f"{uri}/health", timeout=2).ok:
-                    break
-            except requests.RequestException:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.5)
+    with start_mlflow_server(new_database(), tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
 
 
 def _client(uri):
@@ -216,3 +170,21 @@ def test_workers_racing_for_the_last_trials_stop_at_the_total(new_database, atte
         t.join(timeout=120)
     trials = optuna.load_study(study_name="pg-race", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+
+
+def test_the_server_refuses_a_connection_without_the_password(postgres_url, tmp_path, monkeypatch):
+    """No password, or a wrong one, is refused: trust auth (any local user is superuser) cannot come back.
+
+    ``.ci/postgres.sh`` hands the password to clients only through ``PGPASSFILE``; here libpq gets none.
+    """
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(postgres_url).set(drivername="postgresql", password=None)
+    monkeypatch.delenv("PGPASSWORD", raising=False)
+    monkeypatch.setenv("PGPASSFILE", str(tmp_path / "no-pgpass"))  # not ~/.pgpass either
+    with pytest.raises(psycopg.OperationalError, match="no password supplied"):
+        psycopg.connect(url.render_as_string(hide_password=False), connect_timeout=10).close()
+    wrong = url.set(password="not-the-password").render_as_string(hide_password=False)
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
+        psycopg.connect(wrong, connect_timeout=10).close()

@@ -187,3 +187,25 @@ def test_kept_predictions_follow_the_validation_rows(setup):
     # Rows differ by more than the tolerance, so a shuffled order could not pass.
     assert np.abs(direct[:, None, 0] - direct[None, :, 0]).max() > 10 * 2e-6
     np.testing.assert_allclose(result.probabilities, direct, atol=2e-6)
+
+
+@pytest.mark.parametrize(("fast", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_mixed_precision_on_cpu_is_bf16_only_where_bf16_is_fast(monkeypatch, fast, expected):
+    """Every CPU accepts bf16, but one that emulates it trains many times slower than fp32 (seen: 70x)."""
+    import runner.train
+
+    monkeypatch.setattr(runner.train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runner.train, "cpu_bf16_is_fast", lambda: fast)
+    resolve_precision.cache_clear()
+    try:
+        assert resolve_precision(True) == expected
+        assert resolve_precision(False) == "fp32"
+    finally:
+        resolve_precision.cache_clear()
+
+
+def test_the_bf16_speed_check_gives_one_answer_per_process():
+    from runner.train import cpu_bf16_is_fast
+
+    assert isinstance(cpu_bf16_is_fast(), bool)
+    assert cpu_bf16_is_fast.cache_info().currsize == 1
