@@ -32,6 +32,7 @@ test: setup
 lint: setup
 	$(PY) -m ruff check runner tests bench
 	$(PY) -m ruff format --check runner tests bench
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -31,9 +31,9 @@ def main(argv: list[str] | None = None) -> None:
     common.setup()
 
     from runner.config import Hyperparameters, ModelConfig, TrainConfig
-    from runner.data import tokenize
-    from runner.model import load_tokenizer, new_model
-    from runner.train import train
+    from runner.training.data import tokenize
+    from runner.training.model import load_tokenizer, new_model
+    from runner.training.train import train
 
     seeds = args.seeds[:1] if args.quick else args.seeds
     source = common.model_source()

@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> None:
 
     from bench import common
     from runner.config import load_config
-    from runner.metrics import compute_metrics
-    from runner.space import suggest
+    from runner.search.space import suggest
+    from runner.training.metrics import compute_metrics
 
     common.setup()
     data = common.load_data(args.train_samples, args.eval_samples, seed=args.seed)

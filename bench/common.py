@@ -48,7 +48,7 @@ def data_dir() -> str:
 def load_data(train_samples: int | None, eval_samples: int | None, seed: int = 42):
     """MRPC train/validation, optionally sliced (the same seeded slice runner.sweep takes)."""
     from runner.config import DataConfig
-    from runner.data import load_mrpc
+    from runner.training.data import load_mrpc
 
     cfg = DataConfig(max_train_samples=train_samples, max_eval_samples=eval_samples)
     return load_mrpc(cfg, data_dir(), seed=seed)
@@ -56,7 +56,7 @@ def load_data(train_samples: int | None, eval_samples: int | None, seed: int = 4
 
 def model_source(name: str = "sentence-transformers/all-MiniLM-L6-v2") -> str:
     """The default model, resolved offline (the packaged copy here)."""
-    from runner.model import resolve_model
+    from runner.training.model import resolve_model
 
     return resolve_model(name)
 

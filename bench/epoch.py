@@ -76,7 +76,7 @@ class Variants:
         from transformers import AutoTokenizer
 
         from runner.config import load_config
-        from runner.data import tokenize
+        from runner.training.data import tokenize
 
         self.data, self.source, self.batch_size, self.lr = data, source, batch_size, lr
         self.tokenizer = AutoTokenizer.from_pretrained(source)
@@ -91,7 +91,7 @@ class Variants:
     def course_trainer(self, fp16: bool, output_dir: str):
         from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, Trainer, TrainingArguments
 
-        from runner.metrics import compute_metrics
+        from runner.training.metrics import compute_metrics
 
         model = AutoModelForSequenceClassification.from_pretrained(self.source, num_labels=2)
         args = TrainingArguments(
@@ -129,20 +129,20 @@ class Variants:
         import dataclasses
         from unittest import mock
 
-        import runner.train
+        import runner.training.train
         from runner.config import TrainConfig
-        from runner.model import new_model
+        from runner.training.model import new_model
 
         model = new_model(self.source, seed=42, settings=self.model_settings.model_copy(update=model_settings))
         hp = self.hyperparameters(fp16)
-        build = runner.train.training_arguments
+        build = runner.training.train.training_arguments
 
         def compiled(*args, **kwargs):  # the experiment: the same run with torch.compile on
             return dataclasses.replace(build(*args, **kwargs), torch_compile=True)
 
-        with mock.patch.object(runner.train, "training_arguments", compiled if compile_model else build):
+        with mock.patch.object(runner.training.train, "training_arguments", compiled if compile_model else build):
             settings = TrainConfig(group_by_length=grouped)
-            runner.train.train(
+            runner.training.train.train(
                 model, self.tokenizer, self.runner_tokens["train"], self.runner_tokens["validation"], hp, settings
             )
 
@@ -150,8 +150,8 @@ class Variants:
         from transformers import DataCollatorWithPadding, Trainer
 
         from runner.config import TrainConfig
-        from runner.model import new_model
-        from runner.train import training_arguments
+        from runner.training.model import new_model
+        from runner.training.train import training_arguments
 
         with tempfile.TemporaryDirectory() as tmp:
             args = training_arguments(self.hyperparameters(False), TrainConfig(), tmp, "fp32")
@@ -187,7 +187,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from transformers import AutoConfig
 
-    from runner.train import resolve_precision
+    from runner.training.train import resolve_precision
 
     data = common.load_data(train_samples, None)
     source = common.model_source()

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="3 repeats")
     args = parser.parse_args(argv)
     common.setup()
-    from runner.model import new_model, resolve_model
+    from runner.training.model import new_model, resolve_model
 
     source = resolve_model(args.model)
     copies = CopiedModels(source)  # once per sweep: not part of a trial's cost

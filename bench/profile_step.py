@@ -46,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     from torch.profiler import ProfilerActivity, profile
     from transformers import TrainerCallback
 
-    import runner.train
+    import runner.training.train
     from runner.config import Hyperparameters, TrainConfig
-    from runner.data import tokenize
-    from runner.model import load_tokenizer, new_model
+    from runner.training.data import tokenize
+    from runner.training.model import load_tokenizer, new_model
 
     steps = 10 if args.quick else args.steps
     data = common.load_data(32 * (steps + 5), 64)
@@ -71,15 +71,17 @@ def main(argv: list[str] | None = None) -> None:
                 prof.__exit__(None, None, None)
                 control.should_training_stop = True
 
-    original = runner.train._Trainer.__init__
+    original = runner.training.train._Trainer.__init__
 
     def with_window(self, *a, **kw):
         kw["callbacks"] = [*kw.get("callbacks", []), Window()]
         original(self, *a, **kw)
 
-    runner.train._Trainer.__init__ = with_window
+    runner.training.train._Trainer.__init__ = with_window
     with tempfile.TemporaryDirectory():
-        runner.train.train(new_model(source, 42), tokenizer, tokens["train"], tokens["validation"], hp, TrainConfig())
+        runner.training.train.train(
+            new_model(source, 42), tokenizer, tokens["train"], tokens["validation"], hp, TrainConfig()
+        )
     totals: dict[str, float] = collections.defaultdict(float)
     for event in prof.key_averages():
         # Self time: each microsecond counted once, in the operator that spent it.

@@ -45,9 +45,9 @@ class NullTracker:
 
 def make_objective(cfg, inputs, tracker, best_dir: Path, tracked: bool):
     """The objective every sweep uses; untracked, it skips the files made only for MLflow."""
-    from runner.checkpoint import BestCheckpoint
-    from runner.objective import Objective
-    from runner.progress import SweepProgress
+    from runner.record.checkpoint import BestCheckpoint
+    from runner.search.objective import Objective
+    from runner.search.progress import SweepProgress
 
     objective = Objective(
         cfg=cfg,
@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     train_samples = args.train_samples or (512 if args.quick else None)
 
     from runner.config import SweepConfig
-    from runner.study import prepare_inputs
-    from runner.tracking import Tracker
+    from runner.record.runs import Tracker
+    from runner.search.run import prepare_inputs
 
     with tempfile.TemporaryDirectory(prefix="bench-tracking-") as tmp:
         cfg = SweepConfig.model_validate(

@@ -11,12 +11,8 @@ import os
 import sys
 from collections.abc import Callable
 
-from runner.config import ConfigError
+from runner.errors import ConfigError, WorkFailed
 from runner.redact import RedactingFilter, redact_text
-
-
-class WorkFailed(RuntimeError):
-    """The command's work could not be done (exit 1); the message says why."""
 
 
 def setup_logging() -> None:

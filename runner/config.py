@@ -15,10 +15,7 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, model_validator
 
-
-class ConfigError(ValueError):
-    """A problem with the user's configuration or input: reported in one line, exit 2."""
-
+from runner.errors import ConfigError
 
 # A study or registered-model name: it becomes a folder under mlruns/best, an MLflow experiment and
 # a quoted value in MLflow filter strings, so no path separator, no "..", no quote, no space.

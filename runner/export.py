@@ -20,8 +20,9 @@ import shutil
 import sys
 from pathlib import Path
 
-from runner.cli import WorkFailed, run_command
-from runner.config import ConfigError, StudyConfig, TrackingConfig, check_name
+from runner.cli import run_command
+from runner.config import StudyConfig, TrackingConfig, check_name
+from runner.errors import ConfigError, WorkFailed
 from runner.redact import redact_text, redact_url
 
 log = logging.getLogger("runner")
@@ -82,7 +83,7 @@ def load_study(storage_url: str, study_name: str):
     """The study, which must exist and have a complete trial (else a ConfigError)."""
     import optuna
 
-    from runner.study import check_storage_url, open_storage
+    from runner.workers.storage import check_storage_url, open_storage
 
     check_storage_url(storage_url)
     db = storage_url.removeprefix("sqlite:///") if storage_url.startswith("sqlite:///") else None
@@ -103,7 +104,7 @@ def load_study(storage_url: str, study_name: str):
 
 def saved_trial(source: Path, study):
     """The trial whose model the sweep kept in ``source`` (the best, or one tied with it) and its trial.json."""
-    from runner.checkpoint import INFO_FILE
+    from runner.record.checkpoint import INFO_FILE
 
     try:
         info = json.loads((source / INFO_FILE).read_text(encoding="utf-8"))
@@ -121,14 +122,14 @@ def saved_trial(source: Path, study):
 
 def stage(source: Path, out: Path) -> Path:
     """Copy the best model next to ``out`` under a hidden, unpredictable name (removed if this fails)."""
-    from runner.checkpoint import private_dir, staging_dir
-    from runner.data import LABEL_NAMES
+    from runner.record.checkpoint import private_dir, staging_dir
+    from runner.training.data import LABEL_NAMES
 
     private_dir(out.parent)
     staging = staging_dir(out, "export")
     try:
         shutil.copytree(source, staging, dirs_exist_ok=True)
-        # The sweep's models carry the MRPC label names (runner.model.new_model); say so if one does not.
+        # The sweep's models carry the MRPC label names (runner.training.model.new_model); say so if one does not.
         labels = json.loads((staging / "config.json").read_text(encoding="utf-8")).get("id2label", {})
         if list(labels.values()) != LABEL_NAMES:
             raise ExportFailed(f"{source} has labels {labels}, not {LABEL_NAMES}: it was not written by runner.sweep")
@@ -148,7 +149,7 @@ def check_out(out: Path, source: Path, study: str) -> None:
     The swap deletes what ``out`` held: ``--out ~/models`` must not wipe that folder.
     An export is recognised by its metrics.json (or the sweep's trial.json) naming the study.
     """
-    from runner.checkpoint import INFO_FILE, read_info
+    from runner.record.checkpoint import INFO_FILE, read_info
 
     if out.resolve() == source.resolve() or not (out.exists() or out.is_symlink()):
         return
@@ -183,25 +184,26 @@ def compare(recorded: dict[str, float], measured: dict[str, float]) -> list[str]
 
 def run_export(args: argparse.Namespace) -> int:
     """Export, verify, publish, register; raises ConfigError (exit 2) or ExportFailed (exit 1)."""
-    from runner import evaluation, modelcard, tracking
-    from runner.checkpoint import folder_lock, read_info, remove_leftovers, replace_dir
     from runner.config import load_config
-    from runner.data import resolve_data_dir
+    from runner.record import history, modelcard, store
+    from runner.record.checkpoint import folder_lock, read_info, remove_leftovers, replace_dir
+    from runner.training import evaluation
+    from runner.training.data import resolve_data_dir
 
-    tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.check_store_exists(tracking_uri)
+    tracking_uri = store.resolve_tracking_uri(args.tracking_uri)
+    store.check_store_exists(tracking_uri)
     study = load_study(args.storage, args.study)
     source = Path(args.best_dir) / args.study
     out = Path(args.out) if args.out else source
     check_out(out, source, args.study)
     trial, info = saved_trial(source, study)
-    run_id = tracking.find_trial_run(tracking_uri, args.study, trial.number)
+    run_id = history.find_trial_run(tracking_uri, args.study, trial.number)
     if run_id is None:
         raise ConfigError(
             f"the tracking store {redact_url(tracking_uri)} has no run for trial {trial.number} of {args.study!r}"
         )
     cfg = load_config(source / "runner_config.yaml")
-    data_dir = resolve_data_dir(cfg.data, args.data_dir) or tracking.study_data_source(tracking_uri, args.study)
+    data_dir = resolve_data_dir(cfg.data, args.data_dir) or history.study_data_source(tracking_uri, args.study)
     log.info(
         "study %r: best trial %d (%s=%.4f), run %s", args.study, trial.number, cfg.study.metric, trial.value, run_id
     )
@@ -251,20 +253,20 @@ def run_export(args: argparse.Namespace) -> int:
 
 def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> int:
     """Log test metrics, log and register the model (once per trial), move the alias; print the summary."""
-    from runner import tracking
+    from runner.record import registry
 
     name = args.register or args.study
     if args.eval_split == "test":
-        tracking.log_run_metrics(
+        registry.log_run_metrics(
             tracking_uri, record.run_id, {k: v for k, v in record.test.items() if k != "test_loss"}
         )
-    version = tracking.find_model_version(tracking_uri, name, record.run_id)
+    version = registry.find_model_version(tracking_uri, name, record.run_id)
     created = version is None
     if created:
         log.info("logging the model under run %s and registering it as %r", record.run_id, name)
         tags = {"runner.study": record.study, "runner.trial": record.trial, f"runner.{record.metric}": record.value}
-        version = tracking.log_and_register(tracking_uri, record.run_id, out, name, tags)
-    previous = tracking.set_champion(tracking_uri, name, version)
+        version = registry.log_and_register(tracking_uri, record.run_id, out, name, tags)
+    previous = registry.set_champion(tracking_uri, name, version)
 
     out_ = sys.stdout
     out_.write(
@@ -280,8 +282,8 @@ def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> i
         out_.write(f"test: f1 {record.test['test_f1']:.4f}, accuracy {record.test['test_accuracy']:.4f}{when}\n")
     moved = "unchanged" if previous == version else f"moved from version {previous}" if previous else "set"
     state = "new" if created else "existing, same trial"
-    out_.write(f"registered model {name!r} version {version} ({state}); alias @{tracking.CHAMPION_ALIAS} {moved}\n")
-    out_.write(f'try it: python -m runner.predict --model "models:/{name}@{tracking.CHAMPION_ALIAS}" "..." "..."\n')
+    out_.write(f"registered model {name!r} version {version} ({state}); alias @{registry.CHAMPION_ALIAS} {moved}\n")
+    out_.write(f'try it: python -m runner.predict --model "models:/{name}@{registry.CHAMPION_ALIAS}" "..." "..."\n')
     return 0
 
 
@@ -292,9 +294,9 @@ def main(argv: list[str] | None = None) -> int:
     code = run_command("runner.export", lambda: check_flags(args), args.debug, quiet=False)
     if code:
         return code
-    from mlflow.exceptions import MlflowException
+    from runner.record.store import RecordError
 
-    return run_command("runner.export", lambda: run_export(args), args.debug, failures=(MlflowException,))
+    return run_command("runner.export", lambda: run_export(args), args.debug, failures=(RecordError,))
 
 
 if __name__ == "__main__":

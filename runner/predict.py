@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import logging
 import os
 import secrets
@@ -28,8 +27,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from runner.cli import run_command
-from runner.config import ConfigError
+from runner.errors import ConfigError
 from runner.redact import printable
+from runner.training.trusted import load_folder
 
 log = logging.getLogger("runner")
 
@@ -42,10 +42,6 @@ CHUNK_ROWS = 1024
 # MRPC's test file is 0.4 MB; a GiB holds about five million pairs, days of CPU scoring. A bigger
 # file is far more likely a wrong path than a job for this command: refused before any scoring.
 MAX_INPUT_BYTES = 1 << 30
-# Files Python would import. A model needs none: only custom code (auto_map) would load them.
-CODE_SUFFIXES = (".py", ".pyc", ".pyo")
-# JSON keys through which transformers loads code shipped with a model (with trust_remote_code).
-CODE_KEYS = ("auto_map", "custom_pipelines")
 # Column pairs we accept for the two sentences, first match wins.
 SENTENCE_COLUMNS = [("sentence1", "sentence2"), ("text", "text_pair"), ("#1 String", "#2 String")]
 
@@ -81,104 +77,18 @@ def check_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--batch-size must be between 1 and {MAX_BATCH_SIZE} (got {args.batch_size})")
 
 
-class RefusedModel(ConfigError):
-    """A model that could run code of its own when loaded; refused before anything in it is loaded (exit 2)."""
-
-
 def load_classifier(model: str, tracking_uri: str | None):
     """A text-classification pipeline from a folder or an MLflow model URI; a model carrying code is refused."""
     if "://" in model or model.startswith("models:/"):
-        from runner import tracking
+        from runner.record import registry, store
 
-        uri = tracking.resolve_tracking_uri(tracking_uri)
-        tracking.check_store_exists(uri)
-        return tracking.load_pipeline(model, uri)
+        uri = store.resolve_tracking_uri(tracking_uri)
+        store.check_store_exists(uri)
+        return registry.load_pipeline(model, uri)
     folder = Path(model).expanduser()
     if not (folder / "config.json").is_file():
         raise ConfigError(f"model folder not found (or no config.json in it): {printable(model)}")
     return load_folder(folder, name=model)
-
-
-def load_folder(
-    model_dir: Path,
-    tokenizer_dir: Path | None = None,
-    name: str = "",
-    safetensors_only: bool = False,
-    code_root: Path | None = None,
-):
-    """The pipeline of a model folder (and its tokenizer's, when apart), checked first, ``trust_remote_code`` off.
-
-    ``code_root``: a folder above both (a whole downloaded model) that must hold no Python file either.
-    ``safetensors_only`` refuses pickled weights too (a registry model: the publisher chose the files).
-    """
-    name = name or str(model_dir)
-    folders = list(dict.fromkeys([model_dir, tokenizer_dir or model_dir]))
-    for folder in folders:
-        check_model_folder(folder, name)
-    # After the checks above, whose messages say more: a stray Python file is the last line of defence.
-    for folder in [code_root] if code_root is not None else folders:
-        check_no_code(folder, name)
-    from transformers import pipeline
-
-    return pipeline(
-        "text-classification",
-        model=str(model_dir),
-        tokenizer=str(tokenizer_dir) if tokenizer_dir is not None else None,
-        trust_remote_code=False,
-        model_kwargs={"use_safetensors": True} if safetensors_only else {},
-    )
-
-
-def check_model_folder(folder: Path, name: str) -> None:
-    """Refuse (RefusedModel) a folder whose configs point at custom code or name classes transformers lacks.
-
-    transformers runs a model's own code only through ``auto_map`` (or ``custom_pipelines``) and
-    the Python files beside it (``check_no_code``), and only for a class it lacks; each of those
-    is refused, so the model loads with transformers' own classes or not at all.
-    """
-    for path in sorted(folder.glob("*.json")):
-        data = _json_object(path)
-        for key in CODE_KEYS:
-            if key in data:
-                raise RefusedModel(f"refused model {printable(name)}: {path.name} has {key} (custom code)")
-    config = _json_object(folder / "config.json")
-    architectures = config.get("architectures") or []
-    if not isinstance(architectures, list):
-        architectures = [architectures]
-    for architecture in architectures:
-        check_class_name(architecture, "config.json architectures", name)
-    tokenizer_config = _json_object(folder / "tokenizer_config.json")
-    for key in ("tokenizer_class", "processor_class"):
-        if tokenizer_config.get(key) is not None:
-            check_class_name(tokenizer_config[key], f"tokenizer_config.json {key}", name)
-
-
-def check_no_code(folder: Path, name: str) -> None:
-    """Refuse a folder with a Python file anywhere in it: a model needs none, custom code does."""
-    for root, _dirs, files in os.walk(folder):
-        for file in sorted(files):
-            if file.endswith(CODE_SUFFIXES):
-                where = (Path(root) / file).relative_to(folder)
-                raise RefusedModel(f"refused model {printable(name)}: it holds Python code ({printable(where)})")
-
-
-def check_class_name(value: object, where: str, name: str) -> None:
-    """Refuse a class name that transformers itself does not define (MLflow would load it as remote code)."""
-    import transformers
-
-    if not (isinstance(value, str) and isinstance(getattr(transformers, value, None), type)):
-        raise RefusedModel(
-            f"refused model {printable(name)}: {where} names {printable(repr(value))}, not a transformers class"
-        )
-
-
-def _json_object(path: Path) -> dict:
-    """The JSON object in ``path``; empty when the file is missing or holds something else (transformers rejects it)."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def open_pairs(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator:

@@ -17,7 +17,8 @@ import sys
 from pathlib import Path
 
 from runner.cli import run_command
-from runner.config import MAX_TRIALS, SEARCHABLE, ConfigError, StudyConfig, check_name
+from runner.config import MAX_TRIALS, SEARCHABLE, StudyConfig, check_name
+from runner.errors import ConfigError
 from runner.redact import printable, redact_url
 
 log = logging.getLogger("runner")
@@ -92,10 +93,10 @@ def trials_frame(runs, searched: list[str], study: str):
 
 def searched_params(tracking_uri: str, study: str, runs) -> list[str]:
     """Searched hyperparameters: as the study run records them, else those that vary across trials."""
-    from runner import tracking
+    from runner.record import history
 
     # Only real hyperparameter names become columns: the tag is store text like any other.
-    names = [n for n in tracking.searched_param_names(tracking_uri, study) or [] if n in SEARCHABLE]
+    names = [n for n in history.searched_param_names(tracking_uri, study) or [] if n in SEARCHABLE]
     if names:
         return names
     present = [n for n in SEARCHABLE if f"params.{n}" in runs.columns]
@@ -172,13 +173,13 @@ def run(args: argparse.Namespace) -> int:
     """Build the table from MLflow, print it, and write the plots."""
     import pandas as pd
 
-    from runner import tracking
+    from runner.record import history, store
 
-    uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    tracking.check_store_exists(uri)
+    uri = store.resolve_tracking_uri(args.tracking_uri)
+    store.check_store_exists(uri)
     frames, all_runs = [], {}
     for study in dict.fromkeys(args.study):
-        runs = tracking.search_trial_runs(uri, study)
+        runs = history.search_trial_runs(uri, study)
         if runs.empty:
             raise ConfigError(f"study {study!r} has no trial runs in {redact_url(uri)}")
         all_runs[study] = runs
@@ -186,7 +187,7 @@ def run(args: argparse.Namespace) -> int:
     combined = pd.concat([f.head(args.top) if args.top else f for f in frames], ignore_index=True)
     sys.stdout.write(render(combined, args.format, several=len(frames) > 1))
     if args.plots is not None:
-        from runner import plots
+        from runner.record import plots
 
         for study, runs in all_runs.items():  # plots show every trial, whatever --top says
             folder = args.plots / study if len(all_runs) > 1 else args.plots

@@ -16,8 +16,9 @@ import sys
 from pathlib import Path
 
 from runner.cli import run_command
-from runner.config import ConfigError, SweepConfig, load_config, parse_override
-from runner.launch import STORAGE_ENV, WORKER_ENV
+from runner.config import SweepConfig, load_config, parse_override
+from runner.errors import ConfigError
+from runner.workers.launch import STORAGE_ENV, WORKER_ENV
 
 log = logging.getLogger("runner")
 
@@ -142,8 +143,8 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def _launch(cfg: SweepConfig, workers: int, argv: list[str]) -> int:
-    from runner.launch import launch_workers
-    from runner.storage import check_storage_url, is_shared_storage
+    from runner.workers.launch import launch_workers
+    from runner.workers.storage import check_storage_url, is_shared_storage
 
     check_storage_url(cfg.study.storage)
     if not is_shared_storage(cfg.study.storage):
@@ -170,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
         if args.workers is not None and args.workers > 1:
             return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv)
-        from runner.launch import apply_thread_limit
-        from runner.study import run_sweep
+        from runner.search.run import run_sweep
+        from runner.workers.launch import apply_thread_limit
 
         apply_thread_limit()
         return run_sweep(cfg, args.data_dir)

@@ -20,8 +20,8 @@ import sys
 import tempfile
 import time
 
-from runner.cli import WorkFailed, run_command
-from runner.config import ConfigError
+from runner.cli import run_command
+from runner.errors import ConfigError, WorkFailed
 from runner.redact import redact_url
 
 log = logging.getLogger("runner")
@@ -123,10 +123,11 @@ def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
 
 def study_pages(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
     """(study, URL of its runs page) for every study in the store."""
-    from mlflow.tracking import MlflowClient
+    from runner.record.history import list_studies
 
-    experiments = MlflowClient(tracking_uri).search_experiments(order_by=["name ASC"])
-    return [(e.name, f"{base_url}/#/experiments/{e.experiment_id}/runs") for e in experiments if e.name != "Default"]
+    return [
+        (name, f"{base_url}/#/experiments/{experiment_id}/runs") for name, experiment_id in list_studies(tracking_uri)
+    ]
 
 
 def _tail(log_file) -> str:
@@ -174,10 +175,10 @@ def main(argv: list[str] | None = None) -> int:
 
     def work() -> int:
         check_port(args.port)
-        from runner import tracking
+        from runner.record import store
 
-        uri = tracking.resolve_tracking_uri(args.tracking_uri)
-        tracking.check_store_exists(uri)
+        uri = store.resolve_tracking_uri(args.tracking_uri)
+        store.check_store_exists(uri)
         return serve(uri, args.port, args.debug)
 
     try:

@@ -195,7 +195,7 @@ def tiny_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def classifier_dir(tiny_model, tmp_path_factory) -> Path:
     """The tiny BERT with a seeded 2-class head and MRPC label names, as an export would hold it."""
-    from runner.model import load_tokenizer, new_model
+    from runner.training.model import load_tokenizer, new_model
 
     folder = tmp_path_factory.mktemp("classifier")
     new_model(str(tiny_model), seed=3).save_pretrained(folder)
@@ -205,7 +205,7 @@ def classifier_dir(tiny_model, tmp_path_factory) -> Path:
 
 @pytest.fixture
 def tiny_tokenizer(tiny_model):
-    from runner.model import load_tokenizer
+    from runner.training.model import load_tokenizer
 
     return load_tokenizer(str(tiny_model))
 

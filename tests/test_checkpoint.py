@@ -9,8 +9,8 @@ import os
 import pytest
 import transformers
 
-from runner.checkpoint import INFO_FILE, BestCheckpoint
-from runner.model import load_tokenizer, new_model
+from runner.record.checkpoint import INFO_FILE, BestCheckpoint
+from runner.training.model import load_tokenizer, new_model
 
 
 @pytest.fixture

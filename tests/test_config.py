@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.config import Categorical, ConfigError, FloatRange, IntRange, SweepConfig, load_config, to_yaml
-from runner.space import max_epochs, to_distributions
+from runner.config import Categorical, FloatRange, IntRange, SweepConfig, load_config, to_yaml
+from runner.errors import ConfigError
+from runner.search.space import max_epochs, to_distributions
 from runner.sweep import build_parser, resolve_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,8 +7,9 @@ import os
 import pandas as pd
 import pytest
 
-from runner.config import ConfigError, DataConfig
-from runner.data import LABEL_NAMES, DataError, load_mrpc, resolve_data_dir, tokenize
+from runner.config import DataConfig
+from runner.errors import ConfigError
+from runner.training.data import LABEL_NAMES, DataError, load_mrpc, resolve_data_dir, tokenize
 
 
 def frame(rows) -> pd.DataFrame:
@@ -152,7 +153,7 @@ def test_data_dir_precedence(monkeypatch):
 
 def test_tokenize_is_unpadded_and_cached(mrpc_dir, tiny_model):
     """Dynamic padding needs unpadded ids; a second load + tokenize (fresh tokenizer) reuses the cache files."""
-    from runner.model import load_tokenizer
+    from runner.training.model import load_tokenizer
 
     def load_and_tokenize():
         data = load_mrpc(DataConfig(), str(mrpc_dir), seed=0)

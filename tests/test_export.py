@@ -198,7 +198,7 @@ def test_a_crash_mid_export_keeps_the_previous_folder(run_sweep, tmp_path, capsy
     def crash(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr("runner.modelcard.write_model_card", crash)
+    monkeypatch.setattr("runner.record.modelcard.write_model_card", crash)
     with pytest.raises(OSError, match="disk full"):
         export_main(["--study", "tiny"])
 
@@ -268,11 +268,11 @@ def test_export_swaps_under_the_sweeps_lock(run_sweep, tmp_path, capsys, monkeyp
     import fcntl
     import os
 
-    import runner.checkpoint
+    import runner.record.checkpoint
 
     assert run_sweep("--trials", "1").code == 0
     best = tmp_path / "mlruns" / "best"
-    real_replace = runner.checkpoint.replace_dir
+    real_replace = runner.record.checkpoint.replace_dir
     attempts = []
 
     def replace_while_probing(src, dst):
@@ -286,7 +286,7 @@ def test_export_swaps_under_the_sweeps_lock(run_sweep, tmp_path, capsys, monkeyp
             os.close(fd)
         real_replace(src, dst)
 
-    monkeypatch.setattr(runner.checkpoint, "replace_dir", replace_while_probing)
+    monkeypatch.setattr(runner.record.checkpoint, "replace_dir", replace_while_probing)
     code, _, err = export(capsys, "--study", "tiny")
     assert code == 0, err
     assert attempts == ["held by export"]
@@ -298,8 +298,8 @@ def test_a_newer_best_saved_during_export_is_not_overwritten(
     """A sweep worker saves a better model while export re-evaluates: export stops instead of swapping it out."""
     import shutil
 
-    from runner import evaluation
-    from runner.checkpoint import INFO_FILE, BestCheckpoint, replace_dir
+    from runner.record.checkpoint import INFO_FILE, BestCheckpoint, replace_dir
+    from runner.training import evaluation
 
     assert run_sweep("--trials", "1").code == 0
     checkpoint = BestCheckpoint(tmp_path / "mlruns" / "best", "tiny", maximize=True)

@@ -14,8 +14,9 @@ import pytest
 
 import runner
 from runner import checkpoint as checkpoint_module
-from runner.checkpoint import INFO_FILE, BestCheckpoint, folder_lock, private_dir
-from runner.model import load_tokenizer, new_model
+from runner.files import private_dir
+from runner.record.checkpoint import INFO_FILE, BestCheckpoint, folder_lock
+from runner.training.model import load_tokenizer, new_model
 
 
 def mode(path: Path) -> int:
@@ -79,7 +80,7 @@ def test_staging_folders_have_unguessable_names(tmp_path, model_and_tokenizer, m
 # The child renames the model aside (first rename of replace_dir) and gets SIGTERM before the second.
 STOPPED_SWAP = """
 import os, pathlib, signal, sys
-from runner.checkpoint import replace_dir
+from runner.record.checkpoint import replace_dir
 
 real_rename = pathlib.Path.rename
 

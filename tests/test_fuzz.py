@@ -14,8 +14,9 @@ import yaml
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from runner.config import SEARCHABLE, ConfigError, SweepConfig, load_config, parse_override
-from runner.data import COLUMNS, GLUE_TSV_COLUMNS, DataError, load_mrpc
+from runner.config import SEARCHABLE, SweepConfig, load_config, parse_override
+from runner.errors import ConfigError
+from runner.training.data import COLUMNS, GLUE_TSV_COLUMNS, DataError, load_mrpc
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

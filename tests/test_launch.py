@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from runner.launch import Launcher, cpu_count, strip_workers_flag, worker_env
+from runner.workers.launch import Launcher, cpu_count, strip_workers_flag, worker_env
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import accuracy_score, f1_score
 from transformers import EvalPrediction
 
-from runner.metrics import compute_metrics, mrpc_metric, probabilities
+from runner.training.metrics import compute_metrics, mrpc_metric, probabilities
 
 
 @pytest.fixture

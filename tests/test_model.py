@@ -10,8 +10,16 @@ import huggingface_hub.constants
 import pytest
 import torch
 
-from runner.config import ConfigError, ModelConfig
-from runner.model import ModelError, attention_dropout, load_tokenizer, new_model, resolve_attention, resolve_model
+from runner.config import ModelConfig
+from runner.errors import ConfigError
+from runner.training.model import (
+    ModelError,
+    attention_dropout,
+    load_tokenizer,
+    new_model,
+    resolve_attention,
+    resolve_model,
+)
 
 
 def test_local_folder_resolves_to_its_absolute_path(tiny_model, monkeypatch):

@@ -6,13 +6,13 @@ import optuna
 import pytest
 from optuna.trial import FixedTrial
 
-from runner.checkpoint import BestCheckpoint
 from runner.config import DataConfig, SweepConfig
-from runner.data import load_mrpc, tokenize
-from runner.model import load_tokenizer
-from runner.objective import Objective
-from runner.progress import SweepProgress
-from runner.tracking import Tracker
+from runner.record.checkpoint import BestCheckpoint
+from runner.record.runs import Tracker
+from runner.search.objective import Objective
+from runner.search.progress import SweepProgress
+from runner.training.data import load_mrpc, tokenize
+from runner.training.model import load_tokenizer
 
 
 @pytest.fixture

@@ -113,9 +113,9 @@ def test_two_workers_share_one_study(tmp_path, new_database, tracking_server, sw
 def test_concurrent_setup_creates_one_study_and_one_study_run(new_database, tracking_server):
     """Four workers set up the same new study at the same instant: one study, one study run, no error."""
     from runner.config import SweepConfig
-    from runner.storage import StudyLock
-    from runner.study import make_study
-    from runner.tracking import Tracker
+    from runner.record.runs import Tracker
+    from runner.search.study import make_study
+    from runner.workers.storage import StudyLock
 
     storage = new_database()  # empty: the tables are created in the race too
     cfg = SweepConfig.model_validate({"study": {"name": "pg-setup", "storage": storage}})
@@ -151,8 +151,8 @@ def test_workers_racing_for_the_last_trials_stop_at_the_total(new_database, atte
     Without the lock, or with the finished and running trials counted in two reads, this
     overshot to 13 in most runs here; MaxTrialsCallback alone gave 14.
     """
-    from runner.scheduler import run_until_total
-    from runner.storage import StudyLock, open_storage
+    from runner.workers.scheduler import run_until_total
+    from runner.workers.storage import StudyLock, open_storage
 
     storage = new_database()
     optuna.create_study(study_name="pg-race", storage=open_storage(storage))

@@ -67,15 +67,15 @@ def test_models_uri_gives_the_same_answer_as_the_folder(
 ):
     from mlflow.tracking import MlflowClient
 
-    from runner import tracking
+    from runner.record import registry, store
 
     monkeypatch.chdir(tmp_path)
-    uri = tracking.resolve_tracking_uri(None)
+    uri = store.resolve_tracking_uri(None)
     client = MlflowClient(uri)
     experiment = client.create_experiment("served", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    version = tracking.log_and_register(uri, run_id, classifier_dir, "pairs", {"runner.trial": 0})
-    tracking.set_champion(uri, "pairs", version)
+    version = registry.log_and_register(uri, run_id, classifier_dir, "pairs", {"runner.trial": 0})
+    registry.set_champion(uri, "pairs", version)
 
     s1, s2, _ = dev_pairs[0]
     code, out, err = predict(capsys, "--model", "models:/pairs@champion", s1, s2)

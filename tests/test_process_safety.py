@@ -22,9 +22,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-import runner.launch as launch
-from runner import worker
+import runner.workers.launch as launch
 from runner.sweep import build_parser, resolve_config
+from runner.workers import worker
 
 REPO = Path(__file__).resolve().parents[1]
 DEAD_PID = 2**22 + 12345  # above Linux's highest pid_max: no process has it
@@ -58,7 +58,7 @@ def test_a_shortened_workers_flag_is_a_one_line_error(capsys):
 
 
 class NoLauncher:
-    """Stands in for runner.launch.Launcher: records what would be started, starts nothing."""
+    """Stands in for runner.workers.launch.Launcher: records what would be started, starts nothing."""
 
     started: list[tuple[list[list[str]], list[dict[str, str]]]] = []
 
@@ -152,7 +152,7 @@ time.sleep(120)
 # A launcher of its own process, for the tests that signal or kill it: argv[1] workers running argv[2].
 LAUNCHER = """
 import sys
-from runner.launch import Launcher
+from runner.workers.launch import Launcher
 n = int(sys.argv[1])
 sys.exit(Launcher([[sys.executable, "-c", sys.argv[2]]] * n, [{}] * n).run())
 """

@@ -79,7 +79,7 @@ def test_saved_config_holds_no_password_and_still_loads(tmp_path):
 
 def test_study_run_command_tag_is_reproduced_without_the_password(monkeypatch):
     from runner.config import SweepConfig
-    from runner.study import reproduction_tags
+    from runner.search.study_run import reproduction_tags
 
     storage = f"postgresql://runner:{SECRET}@db/optuna"
     monkeypatch.setattr(sys, "argv", ["sweep.py", "--storage", storage, f"--tracking-uri=http://u:{SECRET}@h"])
@@ -155,12 +155,12 @@ def test_ui_hands_the_store_to_mlflow_through_the_environment():
 
 def test_failed_trial_records_no_password(run_sweep, store, monkeypatch):
     """A trial whose error quotes a URL: its MLflow tag, error.txt and Optuna attribute are redacted."""
-    import runner.objective
+    import runner.search.objective
 
     def broken(*args, **kwargs):
         raise RuntimeError(f"could not connect to postgresql://runner:{SECRET}@db/optuna")
 
-    monkeypatch.setattr(runner.objective, "train", broken)
+    monkeypatch.setattr(runner.search.objective, "train", broken)
     result = run_sweep("--trials", "1", "--set", "study.max_failure_rate=1.0")
     assert SECRET not in result.out + result.err
     runs = store.children()  # the sweep stops after three failed trials

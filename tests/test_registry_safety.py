@@ -57,14 +57,14 @@ class Registry:
 def registry(classifier_dir, tmp_path, monkeypatch, premade_mlflow_db) -> Registry:
     from mlflow.tracking import MlflowClient
 
-    from runner import tracking
+    from runner.record import registry, store
 
     monkeypatch.chdir(tmp_path)
-    uri = tracking.resolve_tracking_uri(None)
+    uri = store.resolve_tracking_uri(None)
     client = MlflowClient(uri)
     experiment = client.create_experiment("served", artifact_location=(tmp_path / "artifacts").as_uri())
     run_id = client.create_run(experiment).info.run_id
-    tracking.set_champion(uri, "pairs", tracking.log_and_register(uri, run_id, classifier_dir, "pairs", {}))
+    registry.set_champion(uri, "pairs", registry.log_and_register(uri, run_id, classifier_dir, "pairs", {}))
     return Registry(uri, run_id, tmp_path, tmp_path / "SENTINEL")
 
 

@@ -28,7 +28,7 @@ def report(capsys, *args: str) -> tuple[int, str, str]:
 
 def add_pruned_and_failed(tmp_path, store) -> None:
     """Record a pruned and a failed trial the way the objective does: Optuna trial + Tracker run."""
-    from runner.tracking import Tracker
+    from runner.record.runs import Tracker
 
     study = store.study()
     tracker = Tracker(

@@ -9,7 +9,7 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-import runner.objective
+import runner.search.objective
 
 pytestmark = [
     pytest.mark.usefixtures("premade_mlflow_db"),
@@ -19,7 +19,7 @@ pytestmark = [
 
 def _interrupt_call(monkeypatch, which: int) -> None:
     """Ctrl-C when the ``which``-th trial of this sweep builds its model."""
-    real, calls = runner.objective.new_model, []
+    real, calls = runner.search.objective.new_model, []
 
     def new_model(source, seed, settings=None):
         calls.append(seed)
@@ -27,7 +27,7 @@ def _interrupt_call(monkeypatch, which: int) -> None:
             raise KeyboardInterrupt
         return real(source, seed, settings)
 
-    monkeypatch.setattr(runner.objective, "new_model", new_model)
+    monkeypatch.setattr(runner.search.objective, "new_model", new_model)
 
 
 def test_interrupted_trial_is_retried_with_its_params_and_linked(run_sweep, store, monkeypatch):
@@ -89,7 +89,7 @@ def test_trial_of_a_dead_worker_is_retried(run_sweep, store):
 
 def test_a_trial_that_raised_is_not_retried(run_sweep, store, monkeypatch):
     """An error in training (here a non-finite loss) would fail again: no retry, a new trial instead."""
-    real, calls = runner.objective.new_model, []
+    real, calls = runner.search.objective.new_model, []
 
     def nan_first(source, seed, settings=None):
         calls.append(seed)
@@ -97,7 +97,7 @@ def test_a_trial_that_raised_is_not_retried(run_sweep, store, monkeypatch):
             raise FloatingPointError("loss is nan at step 3")
         return real(source, seed, settings)
 
-    monkeypatch.setattr(runner.objective, "new_model", nan_first)
+    monkeypatch.setattr(runner.search.objective, "new_model", nan_first)
     assert run_sweep("--trials", "1", "--retry-failed", "3").code == 0
     trials = store.study().trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]

@@ -1,4 +1,4 @@
-"""runner.scheduler and runner.storage: exact totals across workers, retries, the lock, who ends the study run."""
+"""runner.workers: exact totals across workers, retries, the lock, who ends the study run."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from optuna.distributions import FloatDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from runner.scheduler import enqueue_retries, is_crash, run_until_total
-from runner.storage import StudyLock, open_storage
+from runner.workers.scheduler import enqueue_retries, is_crash, run_until_total
+from runner.workers.storage import StudyLock, open_storage
 
 pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 
@@ -141,7 +141,7 @@ def test_a_killed_but_unreaped_worker_counts_as_dead():
 
     import psutil
 
-    from runner.worker import is_dead
+    from runner.workers.worker import is_dead
 
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
@@ -166,7 +166,7 @@ def test_a_worker_that_stops_while_others_run_leaves_the_study_run_open(run_swee
 
     import psutil
 
-    import runner.objective
+    import runner.search.objective
 
     assert run_sweep("--trials", "1").code == 0
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a live "other worker"
@@ -181,7 +181,7 @@ def test_a_worker_that_stops_while_others_run_leaves_the_study_run_open(run_swee
             raise KeyboardInterrupt
 
         with monkeypatch.context() as patch:
-            patch.setattr(runner.objective, "new_model", interrupted)
+            patch.setattr(runner.search.objective, "new_model", interrupted)
             assert run_sweep("--trials", "3").code == 130  # this worker stops; the other still runs trial 1
         assert store.parent().info.status == "RUNNING"
         assert [r.info.status for r in store.children()] == ["FINISHED", "KILLED"]  # trial 2: this worker's

@@ -8,7 +8,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import FixedTrial
 
 from runner.config import Hyperparameters, SweepConfig
-from runner.space import max_epochs, suggest, to_distributions
+from runner.search.space import max_epochs, suggest, to_distributions
 
 SPACE = {
     "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},

@@ -1,4 +1,4 @@
-"""runner.study and runner.progress units: failure guard, pruner, study creation, progress counting."""
+"""runner.study and runner.search.progress units: failure guard, pruner, study creation, progress counting."""
 
 from __future__ import annotations
 
@@ -7,9 +7,12 @@ import logging
 import optuna
 import pytest
 
-from runner.config import ConfigError, SweepConfig
-from runner.progress import SweepProgress
-from runner.study import FailureGuard, check_storage_url, make_pruner, make_study
+from runner.config import SweepConfig
+from runner.errors import ConfigError
+from runner.search.guard import FailureGuard
+from runner.search.progress import SweepProgress
+from runner.search.study import make_pruner, make_study
+from runner.workers.storage import check_storage_url
 
 
 def failing_study(guard: FailureGuard, n_trials: int, fail_every: int = 1) -> optuna.Study:

@@ -112,9 +112,9 @@ def test_last_epoch_is_never_pruned(run_sweep, store, monkeypatch):
 
 
 def _new_model_failing(monkeypatch, calls_that_fail, error):
-    import runner.objective
+    import runner.search.objective
 
-    real, calls = runner.objective.new_model, []
+    real, calls = runner.search.objective.new_model, []
 
     def new_model(source, seed, settings=None):
         calls.append(seed)
@@ -122,7 +122,7 @@ def _new_model_failing(monkeypatch, calls_that_fail, error):
             raise error
         return real(source, seed, settings)
 
-    monkeypatch.setattr(runner.objective, "new_model", new_model)
+    monkeypatch.setattr(runner.search.objective, "new_model", new_model)
 
 
 @pytest.mark.usefixtures("premade_mlflow_db")

@@ -9,7 +9,7 @@ import socket
 import pytest
 from optuna.trial import TrialState
 
-import runner.objective
+import runner.search.objective
 
 pytestmark = pytest.mark.usefixtures("premade_mlflow_db")
 
@@ -47,7 +47,7 @@ def test_resume_continues_to_the_new_total(run_sweep, store):
 
 def test_ctrl_c_then_resume(run_sweep, store, monkeypatch):
     """Ctrl-C in trial 1: exit 130, nothing left RUNNING; the same command then reaches the total."""
-    real = runner.objective.new_model
+    real = runner.search.objective.new_model
     calls = []
 
     def interrupted_second_time(source, seed, settings=None):
@@ -57,7 +57,7 @@ def test_ctrl_c_then_resume(run_sweep, store, monkeypatch):
         return real(source, seed, settings)
 
     with monkeypatch.context() as patch:
-        patch.setattr(runner.objective, "new_model", interrupted_second_time)
+        patch.setattr(runner.search.objective, "new_model", interrupted_second_time)
         result = run_sweep("--trials", "2")
     assert result.code == 130
     assert "interrupted" in result.err and "resume" in result.err
@@ -78,13 +78,13 @@ def test_ctrl_c_then_resume(run_sweep, store, monkeypatch):
 
 def test_sigterm_stops_like_ctrl_c(run_sweep, store, monkeypatch):
     """A job scheduler's SIGTERM ends the sweep cleanly and resumably (exit 130), not with a traceback."""
-    real = runner.objective.new_model
+    real = runner.search.objective.new_model
 
     def terminated(source, seed, settings=None):
         os.kill(os.getpid(), signal.SIGTERM)
         return real(source, seed, settings)
 
-    monkeypatch.setattr(runner.objective, "new_model", terminated)
+    monkeypatch.setattr(runner.search.objective, "new_model", terminated)
     result = run_sweep("--trials", "2")
     assert result.code == 130 and "Traceback" not in result.err
     assert running_runs(store) == []

@@ -6,8 +6,9 @@ import optuna
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-from runner.config import ConfigError
-from runner.tracking import STUDY_RUN_ATTR, Tracker, TrackingError, check_reachable
+from runner.errors import ConfigError
+from runner.record.runs import STUDY_RUN_ATTR, Tracker
+from runner.record.store import TrackingError, check_reachable
 
 
 @pytest.fixture(scope="module")

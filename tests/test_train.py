@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from runner.config import DataConfig, Hyperparameters, TrainConfig
-from runner.data import load_mrpc, tokenize
-from runner.model import load_tokenizer, new_model
-from runner.train import TrainingDiverged, resolve_precision, train, training_arguments
+from runner.training.data import load_mrpc, tokenize
+from runner.training.model import load_tokenizer, new_model
+from runner.training.train import TrainingDiverged, resolve_precision, train, training_arguments
 
 SETTINGS = TrainConfig(seed=7, per_device_eval_batch_size=16, group_by_length=False)
 PER_EPOCH = {"epoch", "eval_f1", "eval_accuracy", "eval_loss", "train_loss"}
@@ -49,7 +49,7 @@ def full_run(setup, tmp_path_factory):
         yield str(output_dir)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr("runner.train.tempfile.TemporaryDirectory", kept_dir)
+        mp.setattr("runner.training.train.tempfile.TemporaryDirectory", kept_dir)
         model, result = run(
             setup, hp(num_train_epochs=3), on_epoch=lambda epoch, row: seen.append((epoch, row)) or False
         )
@@ -192,10 +192,10 @@ def test_kept_predictions_follow_the_validation_rows(setup):
 @pytest.mark.parametrize(("fast", "expected"), [(True, "bf16"), (False, "fp32")])
 def test_mixed_precision_on_cpu_is_bf16_only_where_bf16_is_fast(monkeypatch, fast, expected):
     """Every CPU accepts bf16, but one that emulates it trains many times slower than fp32 (seen: 70x)."""
-    import runner.train
+    import runner.training.train
 
-    monkeypatch.setattr(runner.train.torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(runner.train, "cpu_bf16_is_fast", lambda: fast)
+    monkeypatch.setattr(runner.training.train.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(runner.training.train, "cpu_bf16_is_fast", lambda: fast)
     resolve_precision.cache_clear()
     try:
         assert resolve_precision(True) == expected
@@ -205,7 +205,7 @@ def test_mixed_precision_on_cpu_is_bf16_only_where_bf16_is_fast(monkeypatch, fas
 
 
 def test_the_bf16_speed_check_gives_one_answer_per_process():
-    from runner.train import cpu_bf16_is_fast
+    from runner.training.train import cpu_bf16_is_fast
 
     assert isinstance(cpu_bf16_is_fast(), bool)
     assert cpu_bf16_is_fast.cache_info().currsize == 1

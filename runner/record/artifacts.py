@@ -20,7 +20,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
-from runner.data import LABEL_NAMES  # noqa: E402
+from runner.training.data import LABEL_NAMES  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def write_study_plots(study: optuna.Study, out_dir: Path) -> list[Path]:
 
     Needs two complete trials; returns the files written (none before that).
     """
-    from runner.plots import optuna_plot
+    from runner.record.plots import optuna_plot
 
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if len(complete) < 2:

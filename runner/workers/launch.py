@@ -1,7 +1,7 @@
 """``runner.sweep --workers K``: K local worker processes on one study, sharing the machine fairly.
 
 Each worker is the same ``runner.sweep`` command without ``--workers``; they meet in
-the study's storage, which keeps their total exact (see runner.scheduler). With GPUs,
+the study's storage, which keeps their total exact (see runner.workers.scheduler). With GPUs,
 worker i sees one GPU (``CUDA_VISIBLE_DEVICES``); on CPU the cores are split, because
 torch processes that each spin one thread per core slow each other down many times over.
 
@@ -205,7 +205,7 @@ class Launcher:
 
     def _wait_all(self) -> list[int]:
         # Reap each worker as soon as it ends, whatever the order: a dead worker left unreaped is a
-        # zombie, and its siblings must see it gone to take over its trial (runner.worker.is_dead).
+        # zombie, and its siblings must see it gone to take over its trial (runner.workers.worker.is_dead).
         codes: dict[int, int] = {}
         while len(codes) < len(self.procs):
             self._deliver()

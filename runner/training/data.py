@@ -15,8 +15,9 @@ from pathlib import Path
 import datasets
 from datasets import ClassLabel, DatasetDict
 
-from runner.config import ConfigError, DataConfig
-from runner.hub import hub_available
+from runner.config import DataConfig
+from runner.errors import ConfigError
+from runner.training.hub import hub_available
 
 log = logging.getLogger(__name__)
 

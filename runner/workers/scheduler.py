@@ -24,8 +24,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from runner import worker
-from runner.storage import StudyLock
+from runner.workers import worker
+from runner.workers.storage import StudyLock
 
 log = logging.getLogger("runner")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.config import SweepConfig
-from runner.data import LABEL_NAMES
+from runner.training.data import LABEL_NAMES
 
 # Keys of the recorded and re-evaluated metrics, in the order a reader wants them.
 SHOWN_METRICS = ("f1", "accuracy", "loss")

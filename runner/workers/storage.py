@@ -14,19 +14,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import sqlite3
 from pathlib import Path
 from types import TracebackType
 
 import optuna
 
-from runner.checkpoint import private_dir
-from runner.config import ConfigError
+from runner.errors import ConfigError
+from runner.files import SQLITE_TIMEOUT_S, private_dir, use_wal
 from runner.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
 
-SQLITE_TIMEOUT_S = 60  # concurrent local workers wait for each other's writes instead of failing at once
 CONNECT_TIMEOUT_S = 5  # an unreachable database server fails fast, not after the OS's TCP timeout
 
 
@@ -78,13 +76,6 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
         raise ConfigError(f"cannot open Optuna storage {redact_url(url)}: {_first_line(err)}") from None
-
-
-def use_wal(db: Path) -> None:
-    """Switch a SQLite file to write-ahead logging (stored in the file: once is enough)."""
-    with sqlite3.connect(db, timeout=SQLITE_TIMEOUT_S) as conn:
-        conn.execute("PRAGMA journal_mode=WAL")
-    conn.close()
 
 
 class StudyLock:

@@ -21,7 +21,7 @@ import torch
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from runner.config import Hyperparameters, TrainConfig
-from runner.metrics import compute_metrics, probabilities
+from runner.training.metrics import compute_metrics, probabilities
 
 log = logging.getLogger(__name__)
 

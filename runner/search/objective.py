@@ -15,16 +15,17 @@ from typing import Any
 
 import optuna
 
-from runner import artifacts, worker
-from runner.checkpoint import BestCheckpoint
 from runner.config import SweepConfig, to_yaml
-from runner.data import MrpcData
-from runner.model import attention_dropout, new_model, resolve_attention
-from runner.progress import SweepProgress
+from runner.record import artifacts
+from runner.record.checkpoint import BestCheckpoint
+from runner.record.runs import Tracker
 from runner.redact import redact_text
-from runner.space import suggest
-from runner.tracking import Tracker
-from runner.train import resolve_precision, train
+from runner.search.progress import SweepProgress
+from runner.search.space import suggest
+from runner.training.data import MrpcData
+from runner.training.model import attention_dropout, new_model, resolve_attention
+from runner.training.train import resolve_precision, train
+from runner.workers import worker
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ import transformers
 from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
-from runner.config import ConfigError, ModelConfig
-from runner.data import LABEL_NAMES
-from runner.hub import hub_available
+from runner.config import ModelConfig
+from runner.errors import ConfigError
+from runner.training.data import LABEL_NAMES
+from runner.training.hub import hub_available
 
 log = logging.getLogger(__name__)
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import psutil
 
+from runner.files import private_dir
+
 log = logging.getLogger(__name__)
 
 INFO_FILE = "trial.json"
@@ -40,19 +42,6 @@ def read_info(folder: Path, name: str = INFO_FILE) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     return held if isinstance(held, dict) else None
-
-
-def private_dir(path: str | Path) -> Path:
-    """Create ``path`` and its missing parents with mode 0700; folders that exist keep their mode.
-
-    ``mlruns/`` holds the databases, artifacts and models: other users of the machine have no
-    business reading them (``mkdir(parents=True)`` would give the parents the default mode).
-    """
-    path = Path(path)
-    if path.parent != path and not path.parent.is_dir():
-        private_dir(path.parent)
-    path.mkdir(mode=0o700, exist_ok=True)
-    return path
 
 
 def staging_dir(dst: Path, kind: str) -> Path:

@@ -5,8 +5,7 @@ evaluate parses this file's imports to check requirements: keep one import per l
 
 import datasets
 import evaluate
-from sklearn.metrics import accuracy_score
-from sklearn.metrics import f1_score
+from sklearn.metrics import accuracy_score, f1_score
 
 _DESCRIPTION = "Accuracy and binary F1 (positive class 1, 'equivalent'), as GLUE reports for MRPC."
 

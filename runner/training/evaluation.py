@@ -14,8 +14,8 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from runner.config import SweepConfig
-from runner.data import DataError, MrpcData, load_mrpc, tokenize
-from runner.train import resolve_precision, training_arguments
+from runner.training.data import DataError, MrpcData, load_mrpc, tokenize
+from runner.training.train import resolve_precision, training_arguments
 
 log = logging.getLogger("runner")
 
@@ -41,8 +41,8 @@ def evaluate_folder(folder: Path, cfg: SweepConfig, data: MrpcData, precision: s
     """``{"validation": {eval_f1, eval_accuracy, eval_loss}, "test": {test_f1, ...}}`` for the model in ``folder``."""
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PrinterCallback, Trainer
 
-    from runner.metrics import compute_metrics
-    from runner.model import load_tokenizer
+    from runner.training.metrics import compute_metrics
+    from runner.training.model import load_tokenizer
 
     tokenizer = load_tokenizer(str(folder))
     model = AutoModelForSequenceClassification.from_pretrained(folder)

@@ -1,0 +1,156 @@
+"""One sweep process, start to end: check the stores, load the inputs once, join the study, run trials.
+
+Any number of these may run at once on one storage (``--workers K`` or several machines):
+together they finish exactly ``study.n_trials`` trials under one MLflow study run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from runner.config import SweepConfig
+from runner.errors import ConfigError, WorkFailed
+from runner.record.checkpoint import BestCheckpoint
+from runner.record.runs import Tracker
+from runner.record.store import check_reachable
+from runner.search.guard import FailureGuard
+from runner.search.objective import Objective
+from runner.search.progress import SweepProgress
+from runner.search.study import make_study
+from runner.search.study_run import finish_study_run, reproduction_tags
+from runner.search.summary import print_summary
+from runner.training.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
+from runner.training.model import attention_dropout, load_tokenizer, resolve_model
+from runner.training.train import resolve_precision
+from runner.workers.scheduler import FINISHED, retry_origin, run_until_total
+from runner.workers.settle import settle_stale
+from runner.workers.storage import StudyLock, check_storage_reachable, check_storage_url
+
+log = logging.getLogger("runner")
+
+
+class SweepFailed(WorkFailed):
+    """The sweep could not do its work (exit 1)."""
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything trials share, built once per sweep."""
+
+    data: MrpcData
+    model_source: str
+    tokenizer: Any
+    tokenized: Any  # DatasetDict
+
+
+def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
+    """Check the stores and load data, tokenizer and tokens; writes nothing to the stores."""
+    check_storage_url(cfg.study.storage)
+    check_storage_reachable(cfg.study.storage)
+    check_reachable(cfg.tracking.tracking_uri)
+    data = load_mrpc(cfg.data, resolve_data_dir(cfg.data, data_dir), seed=cfg.train.seed)
+    log.info("data: %s %s", data.source, data.sizes())
+    source = resolve_model(cfg.model.name)
+    tokenizer = load_tokenizer(source)
+    attention_dropout(source, cfg.model)  # an override the model cannot take fails here, not in a trial
+    return Inputs(data, source, tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
+
+
+def run_sweep(cfg: SweepConfig, data_dir: str | None = None) -> int:
+    """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed.
+
+    Any number of workers may run this at once against one storage and tracking store:
+    together they finish exactly ``n_trials`` trials under one MLflow study run.
+    """
+    inputs = prepare_inputs(cfg, data_dir)
+    lock = _open_lock(cfg)
+    try:
+        # One worker at a time creates the tables, the study, the experiment and the study run:
+        # the second one in finds them and joins (see runner.workers.storage).
+        with lock:
+            study = make_study(cfg)
+            tracker = Tracker(
+                cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, cfg.tracking.system_metrics
+            )
+            tracker.open_study_run(study, reproduction_tags(cfg))
+        status = "KILLED"  # unless we get to the end: Ctrl-C, SIGTERM or a bug
+        try:
+            tracker.log_dataset(dict(inputs.data.splits), inputs.data.source, "mrpc")
+            with lock:
+                settle_stale(study, tracker)
+            checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
+            checkpoint.remove_leftovers()
+            guard = optimize(study, cfg, inputs, tracker, checkpoint, lock)
+            status = "FAILED" if guard.tripped else "FINISHED"
+        finally:
+            finish_study_run(study, tracker, cfg, status)
+    finally:
+        lock.close()
+    if guard.tripped:
+        raise SweepFailed(
+            f"stopped: {len(guard.errors)} of {guard.attempts} trials failed; most common error: {guard.common_error()}"
+        )
+    print_summary(study, cfg, checkpoint)
+    return 0
+
+
+def _open_lock(cfg: SweepConfig) -> StudyLock:
+    try:
+        return StudyLock(cfg.study.storage, cfg.study.name)
+    except Exception as err:  # noqa: BLE001 - a database or folder we cannot use is the user's to fix
+        raise ConfigError(f"cannot lock study {cfg.study.name!r} in {cfg.study.storage}: {err}") from None
+
+
+def optimize(
+    study: optuna.Study,
+    cfg: SweepConfig,
+    inputs: Inputs,
+    tracker: Tracker,
+    checkpoint: BestCheckpoint,
+    lock: StudyLock,
+) -> FailureGuard:
+    """Run trials until the study has ``n_trials`` finished ones (across all workers) or too many fail."""
+    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+    progress = SweepProgress(cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize")
+    if any(t.state == TrialState.COMPLETE for t in study.trials):
+        progress.set_best(study.best_value, study.best_trial.number)
+    objective = Objective(
+        cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, checkpoint, progress
+    )
+    guard = FailureGuard(cfg.study.max_failure_rate)
+    log.info(
+        "study %r: %d/%d trials finished; model %s; fp16=true runs as %s",
+        cfg.study.name,
+        done,
+        cfg.study.n_trials,
+        cfg.model.name,
+        resolve_precision(True),
+    )
+
+    def linked(trial: optuna.Trial) -> float:
+        # Other workers finish trials too: show the study's count and best, not this process's.
+        progress.done = len(study.get_trials(deepcopy=False, states=FINISHED))
+        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            progress.set_best(study.best_value, study.best_trial.number)
+        # A retried trial's run points at the run of the trial it repeats.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        origin = retry_origin(next(t for t in running if t.number == trial.number))
+        if origin is not None:
+            tracker.link_retry(study.study_name, trial.number, *origin)
+        return objective(trial)
+
+    run_until_total(
+        study,
+        linked,
+        cfg.study.n_trials,
+        lock,
+        callbacks=[guard],
+        should_stop=lambda: guard.tripped,
+        retry_failed=cfg.study.retry_failed,
+    )
+    return guard

@@ -1,0 +1,92 @@
+"""The study's MLflow parent run: how to reproduce it (at the start), and its results (at the end)."""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from runner.config import SweepConfig, to_yaml
+from runner.record import artifacts
+from runner.record.runs import Tracker
+from runner.redact import redact_argv, redact_url
+from runner.workers.scheduler import FINISHED
+from runner.workers.settle import running_elsewhere
+
+log = logging.getLogger("runner")
+
+
+def reproduction_tags(cfg: SweepConfig) -> dict[str, str]:
+    """Tags that let someone rerun this sweep: command, code version, library versions."""
+    from importlib.metadata import version
+
+    libraries = ("transformers", "datasets", "torch", "optuna", "mlflow")
+    tags = {
+        # The command as typed, minus any password (a --storage or --tracking-uri URL may hold one).
+        "runner.command": shlex.join([Path(sys.executable).name, "-m", "runner.sweep", *redact_argv(sys.argv[1:])]),
+        "runner.storage": redact_url(cfg.study.storage),
+        "runner.versions": " ".join(f"{name}={version(name)}" for name in libraries),
+        "runner.model": cfg.model.name,
+    }
+    commit = _git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).resolve().parent
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, status: str) -> None:
+    """Config, trials table, best trial and plots on the study run, then end it.
+
+    With several workers the last one to stop ends it: a worker that stops while
+    trials of other live workers still run leaves it RUNNING (each worker records
+    its own trial's end before it looks, so the last to look sees none running).
+    """
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            folder = Path(tmp)
+            (folder / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
+            artifacts.trials_table(study).to_csv(folder / "trials.csv", index=False)
+            files = [folder / "config.yaml", folder / "trials.csv", *artifacts.write_study_plots(study, folder)]
+            metrics, tags = {}, {"runner.trials_finished": len(study.get_trials(deepcopy=False, states=FINISHED))}
+            if any(t.state == TrialState.COMPLETE for t in study.trials):
+                best = study.best_trial
+                metrics = {f"best_{k}": v for k, v in best.user_attrs.get("best_metrics", {}).items()}
+                metrics |= {f"best_{cfg.study.metric}": best.value, "best_trial": best.number}
+                tags |= {"best_trial.number": best.number, "best_trial.run_id": _run_id_of(tracker, study, best.number)}
+                tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
+            tracker.update_study_run(metrics, tags, files)
+    finally:
+        # A sibling worker killed during this sweep: its trial was failed in Optuna by the
+        # scheduler; fail its MLflow run too, so no run stays RUNNING for ever.
+        live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        tracker.settle_orphans(study.study_name, live)
+        others = running_elsewhere(study)
+        if others:
+            log.info("study run left open: trial(s) %s still running on other workers", ", ".join(map(str, others)))
+        else:
+            tracker.close_study_run(status)
+
+
+def _run_id_of(tracker: Tracker, study: optuna.Study, number: int) -> str:
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        filter_string=f"tags.`runner.study` = '{study.study_name}' and tags.`optuna.trial_number` = '{number}'",
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else ""
