@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     from runner.config import Hyperparameters, ModelConfig, TrainConfig
     from runner.training.data import tokenize
     from runner.training.model import load_tokenizer, new_model
-    from runner.training.train import train
+    from runner.training.train import resolve_precision, train
 
     seeds = args.seeds[:1] if args.quick else args.seeds
     source = common.model_source()
@@ -50,7 +50,8 @@ def main(argv: list[str] | None = None) -> None:
         for dropout in (None, 0.0):
             model = new_model(source, seed, ModelConfig(attention_dropout=dropout))
             start = time.perf_counter()
-            result = train(model, tokenizer, tokens["train"], tokens["validation"], hp, TrainConfig(seed=seed))
+            settings, precision = TrainConfig(seed=seed), resolve_precision(hp.fp16)
+            result = train(model, tokenizer, tokens["train"], tokens["validation"], hp, settings, precision)
             runs.append(
                 {
                     "seed": seed,

@@ -22,7 +22,8 @@ from runner.redact import redact_text
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
-DATA_CANDIDATES = (ROOT.parent / "shared" / "data" / "mrpc", Path("/work/shared/data/mrpc"))
+# MRPC next to the clone; a clone elsewhere sets RUNNER_DATA_DIR.
+DATA_CANDIDATES = (ROOT.parent / "shared" / "data" / "mrpc",)
 
 log = logging.getLogger("bench")
 

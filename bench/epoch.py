@@ -142,8 +142,15 @@ class Variants:
 
         with mock.patch.object(runner.training.train, "training_arguments", compiled if compile_model else build):
             settings = TrainConfig(group_by_length=grouped)
+            precision = runner.training.train.resolve_precision(fp16)
             runner.training.train.train(
-                model, self.tokenizer, self.runner_tokens["train"], self.runner_tokens["validation"], hp, settings
+                model,
+                self.tokenizer,
+                self.runner_tokens["train"],
+                self.runner_tokens["validation"],
+                hp,
+                settings,
+                precision,
             )
 
     def runner_padded_tokens(self) -> int:

@@ -79,8 +79,9 @@ def main(argv: list[str] | None = None) -> None:
 
     runner.training.train._Trainer.__init__ = with_window
     with tempfile.TemporaryDirectory():
+        precision = runner.training.train.resolve_precision(hp.fp16)
         runner.training.train.train(
-            new_model(source, 42), tokenizer, tokens["train"], tokens["validation"], hp, TrainConfig()
+            new_model(source, 42), tokenizer, tokens["train"], tokens["validation"], hp, TrainConfig(), precision
         )
     totals: dict[str, float] = collections.defaultdict(float)
     for event in prof.key_averages():

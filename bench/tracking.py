@@ -39,7 +39,7 @@ class NullTracker:
     """A tracker that records nothing (the "off" variant)."""
 
     @contextlib.contextmanager
-    def trial_run(self, study_name, trial_number, params):
+    def trial_run(self, study_name, trial_number, params, tags=None):
         yield _NullRun()
 
 
@@ -84,12 +84,12 @@ def main(argv: list[str] | None = None) -> None:
         cfg = SweepConfig.model_validate(
             {
                 "study": {"name": "bench-tracking", "storage": f"sqlite:///{tmp}/optuna.db"},
-                "data": {"max_train_samples": train_samples},
+                "data": {"max_train_samples": train_samples, "data_dir": common.data_dir()},
                 "hyperparameters": {"num_train_epochs": args.epochs, "fp16": True},
                 "tracking": {"tracking_uri": f"sqlite:///{tmp}/mlflow.db", "artifact_location": f"{tmp}/artifacts"},
             }
         )
-        inputs = prepare_inputs(cfg, common.data_dir())
+        inputs = prepare_inputs(cfg)
         tracker = Tracker(cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location)
         quiet = Tracker(cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, system_metrics=False)
         studies = {name: optuna.create_study(direction="maximize") for name in ("on", "on, no system metrics", "off")}

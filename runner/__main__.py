@@ -21,7 +21,10 @@ USAGE = "usage: runner {" + ",".join(COMMANDS) + "} [--help] ..."
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Dispatch ``runner VERB ARGS`` to ``runner.VERB.main(ARGS)``; returns the exit code."""
+    """Dispatch ``runner VERB ARGS`` to ``runner.VERB.main(ARGS)``; returns the exit code.
+
+    The verb's module is imported only when chosen: ``runner ui`` does not load the ML libraries.
+    """
     args = sys.argv[1:] if argv is None else list(argv)
     if not args or args[0] in ("-h", "--help"):
         lines = [USAGE, "", "Fine-tune Hugging Face models in an Optuna sweep tracked in MLflow.", "", "commands:"]
@@ -33,7 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in COMMANDS:
         print(f"runner: error: unknown command {verb!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
         return 2
-    return importlib.import_module(f"runner.{verb}").main(rest)
+    # Its help and its errors then name the command as typed: "runner sweep", not the module.
+    return importlib.import_module(f"runner.{verb}").main(rest, prog=f"runner {verb}")
 
 
 if __name__ == "__main__":

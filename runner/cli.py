@@ -1,4 +1,5 @@
-"""What every ``python -m runner.<verb>`` shares: logging, exit codes and one-line errors.
+"""What every command (``runner VERB``, or ``python -m runner.VERB``) shares: the shared flags, one-line
+errors (argparse's included), exit codes, SIGTERM, logging.
 
 Exit codes: 0 done; 1 the work itself failed; 2 bad config or input; 130 interrupted.
 Tracebacks only with ``--debug`` (or for real bugs, which are not caught here).
@@ -6,13 +7,99 @@ Tracebacks only with ``--debug`` (or for real bugs, which are not caught here).
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from typing import Literal
 
-from runner.errors import ConfigError, WorkFailed
-from runner.redact import RedactingFilter, redact_text
+from runner.config import STORAGE_ENV, TRACKING_URI_ENV, StudyConfig, TrackingConfig
+from runner.errors import ConfigError, WorkFailed, first_line
+from runner.redact import RedactingFilter, printable, redact_text
+
+DEFAULT_STORAGE = StudyConfig().storage
+DEFAULT_TRACKING_URI = TrackingConfig().tracking_uri
+DEBUG_HELP = "show tracebacks and library logs"
+
+
+def command_name(prog: str) -> str:
+    """What a command's messages start with: ``runner sweep``, or ``runner.sweep`` for ``python -m runner.sweep``."""
+    return prog.removeprefix("python -m ")
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """A bad flag is one line on stderr and exit 2, like every other error (no usage block).
+
+    No abbreviations either: a shortened flag is an error, never a guess. ``--worker 3`` taken
+    for ``--workers 3`` would slip past the launcher's stripping of --workers and have every
+    worker launch workers again.
+    """
+
+    def __init__(self, *args, **kwargs):
+        kwargs["allow_abbrev"] = False
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        # argparse quotes what it did not understand: a URL given without its flag may hold a password.
+        text = " ".join(printable(message).split())
+        self.exit(2, f"{command_name(self.prog)}: error: {text} (see --help)\n")
+
+
+def shared_flags(
+    storage: Literal["env", "file"] | None = None, debug_help: str = DEBUG_HELP
+) -> argparse.ArgumentParser:
+    """The flags several commands share, as a parent parser (``parents=[...]``): one help text each.
+
+    ``storage="env"`` adds ``--storage`` defaulting to ``$RUNNER_STORAGE``, else the config default;
+    ``storage="file"`` (the sweep) adds it defaulting to None, so an unset flag never overrides the
+    config file (the sweep applies the variable with the file). ``--tracking-uri`` defaults to None
+    everywhere: the tracking store applies ``$MLFLOW_TRACKING_URI``. Help texts name the variables,
+    never their values, which may hold a password.
+    """
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = parent.add_argument_group("shared options")
+    file = ", else the config file's" if storage == "file" else ""
+    if storage is not None:
+        group.add_argument(
+            "--storage",
+            metavar="URL",
+            default=None if storage == "file" else os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE,
+            help=f"Optuna storage (default ${STORAGE_ENV}{file}, else {DEFAULT_STORAGE}); ${STORAGE_ENV} keeps "
+            "a URL with a password out of the command line, which ps shows to everyone",
+        )
+    group.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help=f"MLflow tracking URI (default ${TRACKING_URI_ENV}{file}, else {DEFAULT_TRACKING_URI})",
+    )
+    group.add_argument("--debug", action="store_true", help=debug_help)
+    return parent
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt(sigint: bool = False) -> Iterator[None]:
+    """Inside the block, SIGTERM (a job scheduler, ``kill``) stops the command like Ctrl-C: cleanly.
+
+    ``sigint`` also reinstates Python's Ctrl-C handler, which a shell turns off in background jobs.
+    The previous handlers come back at the end of the block.
+    """
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler) if sigint else None
+    try:
+        yield
+    finally:
+        # None: a handler not set from Python, which cannot be put back (and was not ours to keep).
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        if previous_int is not None:
+            signal.signal(signal.SIGINT, previous_int)
 
 
 def setup_logging() -> None:
@@ -80,13 +167,28 @@ def run_command(
     except (WorkFailed, *failures) as err:
         if debug:
             raise
-        print(f"{prog}: {redact_text(_first_line(err))}", file=sys.stderr)
+        print(f"{prog}: {redact_text(first_line(err))}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: {on_interrupt}", file=sys.stderr)
         return interrupt_code
 
 
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
+def run_checked(
+    prog: str,
+    check: Callable[[], int],
+    work: Callable[[], int],
+    debug: bool = False,
+    failures: Callable[[], tuple[type[BaseException], ...]] = tuple,
+) -> int:
+    """Run ``check`` then, if it passed, ``work``: each through run_command; the exit code of the first to fail.
+
+    The check (names given as flags) runs before the ML libraries are even imported, so a bad
+    name is one line and touches no store. ``failures`` gives run_command's extra failure types
+    for the work, asked for only after the check: getting them may import a heavy library.
+    """
+    name = command_name(prog)
+    code = run_command(name, check, debug, quiet=False)
+    if code:
+        return code
+    return run_command(name, work, debug, failures=failures())

@@ -9,3 +9,9 @@ class ConfigError(ValueError):
 
 class WorkFailed(RuntimeError):
     """The command's work could not be done (exit 1); the message says why."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first non-blank line of ``err``'s message (else its type's name): libraries often add pages of detail."""
+    lines = str(err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__

@@ -14,36 +14,31 @@ folder, MLflow error); 2 bad input (unknown study, no complete trial, no data).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 import sys
 from pathlib import Path
 
-from runner.cli import run_command
-from runner.config import StudyConfig, TrackingConfig, check_name
-from runner.errors import ConfigError, WorkFailed
-from runner.redact import redact_text, redact_url
+from runner.cli import OneLineParser, run_checked, shared_flags
+from runner.config import TrackingConfig, check_name
+from runner.errors import ConfigError
+from runner.redact import redact_url
 
 log = logging.getLogger("runner")
 
-DEFAULT_STORAGE = StudyConfig().storage
 DEFAULT_BEST_DIR = TrackingConfig().best_model_dir
-# Re-evaluated metrics may differ from the recorded ones by float rounding only.
-TOLERANCE = {"eval_f1": 1e-4, "eval_accuracy": 1e-4, "eval_loss": 1e-3}
 
 
-class ExportFailed(WorkFailed):
-    """The export could not be completed or verified (exit 1)."""
+PROG = "python -m runner.export"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m runner.export",
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """Command-line flags; ``prog`` is the command as typed (``runner export`` from the ``runner`` command)."""
+    p = OneLineParser(
+        prog=prog,
         description="Export a study's best trial: model folder (safetensors, tokenizer, config, metrics, model card), "
         "verified by re-evaluation, logged to MLflow and registered with the alias 'champion'.",
-        allow_abbrev=False,  # a shortened flag is an error, never a guess
+        parents=[shared_flags(storage="env")],
     )
     p.add_argument("--study", required=True, help="study name (the MLflow experiment)")
     p.add_argument("--out", help="output folder (default mlruns/best/<study>, where the sweep keeps the best model)")
@@ -54,15 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="validation",
         help="'test' also scores the labelled test split and logs test_accuracy/test_f1 on the trial's run",
     )
-    p.add_argument("--storage", default=DEFAULT_STORAGE, help=f"Optuna storage URL (default {DEFAULT_STORAGE})")
-    p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
-    )
     p.add_argument("--data-dir", help="local MRPC folder (default: RUNNER_DATA_DIR, else the folder the sweep used)")
     p.add_argument(
         "--best-dir", default=DEFAULT_BEST_DIR, help="where the sweep kept best models (default %(default)s)"
     )
-    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     return p
 
 
@@ -81,20 +71,9 @@ def check_flags(args: argparse.Namespace) -> int:
 
 def load_study(storage_url: str, study_name: str):
     """The study, which must exist and have a complete trial (else a ConfigError)."""
-    import optuna
+    from runner.workers.storage import load_existing_study
 
-    from runner.workers.storage import check_storage_url, open_storage
-
-    check_storage_url(storage_url)
-    db = storage_url.removeprefix("sqlite:///") if storage_url.startswith("sqlite:///") else None
-    if db and not Path(db).is_file():
-        raise ConfigError(f"no Optuna storage at {db}: run a sweep first, or pass --storage")
-    storage = open_storage(storage_url)
-    names = optuna.study.get_all_study_names(storage)
-    if study_name not in names:
-        known = f" (known: {', '.join(sorted(names))})" if names else ""
-        raise ConfigError(f"unknown study {study_name!r} in {redact_url(storage_url)}{known}")
-    study = optuna.load_study(study_name=study_name, storage=storage)
+    study = load_existing_study(storage_url, study_name)
     states = [t.state.name.lower() for t in study.trials]
     if "complete" not in states:
         summary = ", ".join(f"{states.count(s)} {s}" for s in sorted(set(states))) or "no trials"
@@ -102,93 +81,14 @@ def load_study(storage_url: str, study_name: str):
     return study
 
 
-def saved_trial(source: Path, study):
-    """The trial whose model the sweep kept in ``source`` (the best, or one tied with it) and its trial.json."""
-    from runner.record.checkpoint import INFO_FILE
-
-    try:
-        info = json.loads((source / INFO_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        raise ConfigError(f"no saved model for this study in {source} (missing {INFO_FILE}): pass --best-dir") from None
-    best = study.best_trial
-    number = info.get("trial")
-    if number != best.number and not (isinstance(number, int) and study.trials[number].value == best.value):
-        raise ExportFailed(
-            f"{source} holds trial {number} ({info.get('value')}) but the study's best is trial "
-            f"{best.number} ({best.value}): the folder is stale"
-        )
-    return study.trials[number], info
-
-
-def stage(source: Path, out: Path) -> Path:
-    """Copy the best model next to ``out`` under a hidden, unpredictable name (removed if this fails)."""
-    from runner.record.checkpoint import private_dir, staging_dir
-    from runner.training.data import LABEL_NAMES
-
-    private_dir(out.parent)
-    staging = staging_dir(out, "export")
-    try:
-        shutil.copytree(source, staging, dirs_exist_ok=True)
-        # The sweep's models carry the MRPC label names (runner.training.model.new_model); say so if one does not.
-        labels = json.loads((staging / "config.json").read_text(encoding="utf-8")).get("id2label", {})
-        if list(labels.values()) != LABEL_NAMES:
-            raise ExportFailed(f"{source} has labels {labels}, not {LABEL_NAMES}: it was not written by runner.sweep")
-        # A model saved by an older runner may hold a storage password in its config: never ship it.
-        saved_config = staging / "runner_config.yaml"
-        if saved_config.is_file():
-            saved_config.write_text(redact_text(saved_config.read_text(encoding="utf-8")), encoding="utf-8")
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return staging
-
-
-def check_out(out: Path, source: Path, study: str) -> None:
-    """Refuse to replace ``out`` unless it is missing, empty, or a previous export of ``study`` (ConfigError).
-
-    The swap deletes what ``out`` held: ``--out ~/models`` must not wipe that folder.
-    An export is recognised by its metrics.json (or the sweep's trial.json) naming the study.
-    """
-    from runner.record.checkpoint import INFO_FILE, read_info
-
-    if out.resolve() == source.resolve() or not (out.exists() or out.is_symlink()):
-        return
-    if out.is_dir() and not out.is_symlink():
-        if not any(out.iterdir()):
-            return
-        if any((read_info(out, marker) or {}).get("study") == study for marker in ("metrics.json", INFO_FILE)):
-            return
-    raise ConfigError(
-        f"--out {out} exists and is not an export of study {study!r}: not replacing it (pass a new or empty folder)"
-    )
-
-
-def previous_test_scores(out: Path, record) -> dict[str, float]:
-    """Test scores a previous export of the same trial wrote, so a plain re-export keeps them."""
-    try:
-        previous = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    same = previous.get("run_id") == record.run_id and previous.get("trial") == record.trial
-    return dict(previous.get("test", {})) if same else {}
-
-
-def compare(recorded: dict[str, float], measured: dict[str, float]) -> list[str]:
-    """Metrics whose re-evaluated value differs from the recorded one beyond rounding."""
-    return [
-        f"{key} {measured[key]:.6f} vs recorded {recorded[key]:.6f}"
-        for key, tolerance in TOLERANCE.items()
-        if key in recorded and key in measured and abs(measured[key] - recorded[key]) > tolerance
-    ]
-
-
 def run_export(args: argparse.Namespace) -> int:
     """Export, verify, publish, register; raises ConfigError (exit 2) or ExportFailed (exit 1)."""
-    from runner.config import load_config
+    from runner.config import load_config, resolve_data_dir
     from runner.record import history, modelcard, store
     from runner.record.checkpoint import folder_lock, read_info, remove_leftovers, replace_dir
+    from runner.record.shipping import ExportFailed, check_out, compare, previous_test_scores, saved_trial, stage
     from runner.training import evaluation
-    from runner.training.data import resolve_data_dir
+    from runner.training.train import resolve_precision
 
     tracking_uri = store.resolve_tracking_uri(args.tracking_uri)
     store.check_store_exists(tracking_uri)
@@ -197,18 +97,21 @@ def run_export(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else source
     check_out(out, source, args.study)
     trial, info = saved_trial(source, study)
-    run_id = history.find_trial_run(tracking_uri, args.study, trial.number)
+    run_id = history.trial_run_id(tracking_uri, args.study, trial)
     if run_id is None:
         raise ConfigError(
             f"the tracking store {redact_url(tracking_uri)} has no run for trial {trial.number} of {args.study!r}"
         )
-    cfg = load_config(source / "runner_config.yaml")
-    data_dir = resolve_data_dir(cfg.data, args.data_dir) or history.study_data_source(tracking_uri, args.study)
+    # --data-dir > $RUNNER_DATA_DIR > the folder the sweep used, as its saved config records it.
+    cfg = resolve_data_dir(load_config(source / "runner_config.yaml"), args.data_dir)
+    if cfg.data.data_dir is None:
+        # A model saved before the config held the data folder: the folder its sweep logged as a dataset input.
+        cfg = resolve_data_dir(cfg, history.study_data_source(tracking_uri, args.study))
     log.info(
         "study %r: best trial %d (%s=%.4f), run %s", args.study, trial.number, cfg.study.metric, trial.value, run_id
     )
 
-    data, sizes = evaluation.load_eval_data(cfg, data_dir, args.eval_split == "test")
+    data, sizes = evaluation.load_eval_data(cfg, args.eval_split == "test")
     record = modelcard.ExportRecord(
         study=args.study,
         trial=trial.number,
@@ -221,7 +124,7 @@ def run_export(args: argparse.Namespace) -> int:
         recorded={k: float(v) for k, v in trial.user_attrs.get("best_metrics", {}).items()},
         data_source=data.source,
         data_sizes=sizes,
-        data_dir=data_dir,
+        data_dir=cfg.data.data_dir,
     )
     record.recorded.setdefault(cfg.study.metric, float(trial.value))
     # The sweep's lock on its best-model folder (BestCheckpoint.exclusive): copy a whole model,
@@ -230,7 +133,8 @@ def run_export(args: argparse.Namespace) -> int:
         remove_leftovers(out)
         staging = stage(source, out)
     try:
-        scores = evaluation.evaluate_folder(staging, cfg, data, record.precision, args.eval_split == "test")
+        precision = evaluation.runnable(record.precision, resolve_precision(True))
+        scores = evaluation.evaluate_folder(staging, cfg, data, precision, args.eval_split == "test")
         record.validation = scores["validation"]
         record.test = scores.get("test") or previous_test_scores(out, record)
         modelcard.write_metrics(record, staging)
@@ -287,16 +191,16 @@ def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> i
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    # Names first, before MLflow is even imported: a bad one is one line and touches no store.
-    code = run_command("runner.export", lambda: check_flags(args), args.debug, quiet=False)
-    if code:
-        return code
-    from runner.record.store import RecordError
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """CLI entry point; returns the exit code. ``prog``: the command as typed, for help and errors."""
+    args = build_parser(prog).parse_args(argv)
 
-    return run_command("runner.export", lambda: run_export(args), args.debug, failures=(RecordError,))
+    def failures() -> tuple[type[BaseException], ...]:
+        from runner.record.store import RecordError
+
+        return (RecordError,)
+
+    return run_checked(prog, lambda: check_flags(args), lambda: run_export(args), args.debug, failures)
 
 
 if __name__ == "__main__":

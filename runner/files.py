@@ -24,6 +24,24 @@ def private_dir(path: str | Path) -> Path:
     return path
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file a SQLite URL names (``sqlite:///rel.db``, ``sqlite:////abs.db``), else None.
+
+    None for an in-memory database, another back end, or text that is no URL. Parsed with
+    SQLAlchemy's ``make_url``, as Optuna's storage and MLflow's store parse it themselves.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):
+        return None
+    if parsed.get_backend_name().lower() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 def use_wal(db: Path) -> None:
     """Switch a SQLite file to write-ahead logging (stored in the file: once is enough)."""
     with sqlite3.connect(db, timeout=SQLITE_TIMEOUT_S) as conn:

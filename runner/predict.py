@@ -26,9 +26,10 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from runner.cli import run_command
-from runner.errors import ConfigError
+from runner.cli import OneLineParser, command_name, run_command, shared_flags
+from runner.errors import ConfigError, first_line
 from runner.redact import printable
+from runner.training.data import table_options
 from runner.training.trusted import load_folder
 
 log = logging.getLogger("runner")
@@ -46,22 +47,21 @@ MAX_INPUT_BYTES = 1 << 30
 SENTENCE_COLUMNS = [("sentence1", "sentence2"), ("text", "text_pair"), ("#1 String", "#2 String")]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m runner.predict",
+PROG = "python -m runner.predict"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """Command-line flags; ``prog`` is the command as typed (``runner predict`` from the ``runner`` command)."""
+    p = OneLineParser(
+        prog=prog,
         description="Predict whether two sentences are paraphrases (MRPC) with an exported model.",
-        allow_abbrev=False,  # a shortened flag is an error, never a guess
+        parents=[shared_flags()],
     )
     p.add_argument("--model", required=True, help="exported model folder, or models:/NAME@champion")
     p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="two sentences to compare")
     p.add_argument("--input", type=Path, help="file of pairs: .tsv or .csv with sentence1/sentence2 (or GLUE) columns")
     p.add_argument("--output", type=Path, help="CSV of predictions (default: stdout)")
     p.add_argument("--batch-size", type=int, default=BATCH_SIZE, help="pairs per forward pass (default %(default)s)")
-    p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI for models:/ URIs (default MLFLOW_TRACKING_URI or the project's)"
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     return p
 
 
@@ -103,22 +103,12 @@ def open_pairs(path: Path, chunk_rows: int = CHUNK_ROWS) -> Iterator:
     size = path.stat().st_size
     if size > MAX_INPUT_BYTES:
         raise ConfigError(f"{path}: {size} bytes, over the {MAX_INPUT_BYTES}-byte limit: split the file")
-    sep = "\t" if path.suffix.lower() in (".tsv", ".txt") else ","
-    # GLUE TSVs hold unbalanced quotes: quoting off for tab-separated files.
-    quoting = 3 if sep == "\t" else 0
     try:
-        reader = pd.read_csv(
-            path,
-            sep=sep,
-            quoting=quoting,
-            encoding="utf-8-sig",
-            keep_default_na=False,
-            dtype=str,
-            chunksize=chunk_rows,
-        )
+        # Read as the training data is (runner.training.data), in chunks.
+        reader = pd.read_csv(path, **table_options(path), dtype=str, chunksize=chunk_rows)
         first = next(reader)  # a file with only a header gives one empty chunk
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise ConfigError(f"{path}: cannot parse: {str(err).strip().splitlines()[0]}") from None
+        raise ConfigError(f"{path}: cannot parse: {first_line(err)}") from None
     for one, two in SENTENCE_COLUMNS:
         if one in first.columns and two in first.columns:
             columns = {one: "sentence1", two: "sentence2"}
@@ -135,7 +125,7 @@ def _renamed(chunks, reader, columns: dict[str, str], path: Path) -> Iterator:
         for chunk in chunks:
             yield chunk.rename(columns=columns)
     except (ValueError, UnicodeDecodeError, pd.errors.ParserError) as err:
-        raise ConfigError(f"{path}: cannot parse: {str(err).strip().splitlines()[0]}") from None
+        raise ConfigError(f"{path}: cannot parse: {first_line(err)}") from None
     finally:
         reader.close()
 
@@ -216,15 +206,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """CLI entry point; returns the exit code. ``prog``: the command as typed, for help and errors."""
+    args = build_parser(prog).parse_args(argv)
 
     def work() -> int:
         check_args(args)
         return run(args)
 
-    return run_command("runner.predict", work, args.debug, failures=(RuntimeError, ValueError))
+    return run_command(command_name(prog), work, args.debug, failures=(RuntimeError, ValueError))
 
 
 if __name__ == "__main__":

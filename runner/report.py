@@ -16,8 +16,8 @@ import logging
 import sys
 from pathlib import Path
 
-from runner.cli import run_command
-from runner.config import MAX_TRIALS, SEARCHABLE, StudyConfig, check_name
+from runner.cli import OneLineParser, run_checked, shared_flags
+from runner.config import MAX_TRIALS, SEARCHABLE, check_name
 from runner.errors import ConfigError
 from runner.redact import printable, redact_url
 
@@ -25,27 +25,26 @@ log = logging.getLogger("runner")
 
 FORMATS = ("table", "markdown", "csv", "json")
 STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
-RESULT_COLUMNS = ["precision", "best_f1", "accuracy", "best_epoch", "train_s", "note"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m runner.report",
-        description="Compare the trials of one or more studies from MLflow: a table, CSV or JSON, and plots.",
-        allow_abbrev=False,  # a shortened flag is an error, never a guess
+PROG = "python -m runner.report"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """Command-line flags; ``prog`` is the command as typed (``runner report`` from the ``runner`` command).
+
+    ``--storage`` is read only for ``--plots`` (Optuna's plots).
+    """
+    p = OneLineParser(
+        prog=prog,
+        description="Compare the trials of one or more studies from MLflow: a table, CSV or JSON, and plots "
+        "(--plots; they read the Optuna --storage).",
+        parents=[shared_flags(storage="env")],
     )
     p.add_argument("--study", action="append", required=True, help="study name; repeat to compare studies")
     p.add_argument("--format", choices=FORMATS, default="table", help="output format (default %(default)s)")
     p.add_argument("--top", type=int, metavar="K", help="only the K best trials of each study")
     p.add_argument("--plots", type=Path, metavar="DIR", help="write the study's plots (PNG and HTML) into DIR")
-    p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
-    )
-    p.add_argument(
-        "--storage", default=StudyConfig().storage, help="Optuna storage, for the plots (default %(default)s)"
-    )
-    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     return p
 
 
@@ -188,22 +187,24 @@ def run(args: argparse.Namespace) -> int:
     sys.stdout.write(render(combined, args.format, several=len(frames) > 1))
     if args.plots is not None:
         from runner.record import plots
+        from runner.workers.storage import UnknownStudy, load_existing_study
 
         for study, runs in all_runs.items():  # plots show every trial, whatever --top says
             folder = args.plots / study if len(all_runs) > 1 else args.plots
-            written = plots.write_report_plots(study, args.storage, runs, folder)
+            try:
+                optuna_study = load_existing_study(args.storage, study)
+            except UnknownStudy as err:
+                log.warning("%s: only the MLflow plots are written", err)
+                optuna_study = None
+            written = plots.write_report_plots(optuna_study, runs, folder)
             log.info("%s: wrote %d plot files to %s", study, len(written), folder)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    # Flags first, before the ML libraries are imported: a bad name is one line and touches no store.
-    code = run_command("runner.report", lambda: check_flags(args), args.debug, quiet=False)
-    if code:
-        return code
-    return run_command("runner.report", lambda: run(args), args.debug, failures=(OSError, RuntimeError))
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """CLI entry point; returns the exit code. ``prog``: the command as typed, for help and errors."""
+    args = build_parser(prog).parse_args(argv)
+    return run_checked(prog, lambda: check_flags(args), lambda: run(args), args.debug, lambda: (OSError, RuntimeError))
 
 
 if __name__ == "__main__":

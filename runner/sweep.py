@@ -11,14 +11,20 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
-from runner.cli import run_command
-from runner.config import SweepConfig, load_config, parse_override
+from runner.cli import OneLineParser, command_name, run_command, shared_flags, sigterm_as_interrupt
+from runner.config import (
+    STORAGE_ENV,
+    SweepConfig,
+    load_config,
+    parse_override,
+    resolve_data_dir,
+    tracking_uri_override,
+)
 from runner.errors import ConfigError
-from runner.workers.launch import STORAGE_ENV, WORKER_ENV
+from runner.workers.launch import WORKER_ENV
 
 log = logging.getLogger("runner")
 
@@ -33,32 +39,25 @@ EXAMPLES = """examples:
 Re-running the same command after a crash or Ctrl-C resumes the study up to --trials."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags; each defaults to None so an unset flag never overrides the file."""
+PROG = "python -m runner.sweep"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """Command-line flags; each defaults to None so an unset flag never overrides the file.
+
+    ``prog`` is the command as typed: ``runner sweep`` from the ``runner`` command.
+    """
     p = OneLineParser(
-        prog="python -m runner.sweep",
+        prog=prog,
         description="Run an Optuna hyperparameter sweep fine-tuning a BERT-family model on GLUE MRPC, "
         "with every trial tracked in MLflow.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        # No abbreviations: "--worker 3" meaning "--workers 3" would slip past the launcher's
-        # stripping of --workers and have every worker launch workers again.
-        allow_abbrev=False,
+        parents=[shared_flags(storage="file")],
     )
     p.add_argument("--config", metavar="FILE", help=f"sweep YAML file (default: {DEFAULT_CONFIG})")
     p.add_argument("--trials", metavar="N", type=int, help="total finished (complete or pruned) trials to reach")
     p.add_argument("--study", metavar="NAME", help="study name, also the MLflow experiment name")
-    p.add_argument(
-        "--storage",
-        metavar="URL",
-        help=f"Optuna storage (default ${STORAGE_ENV}, else the config's, else sqlite:///mlruns/optuna.db); "
-        f"${STORAGE_ENV} keeps a URL with a password out of the command line, which ps shows to everyone",
-    )
-    p.add_argument(
-        "--tracking-uri",
-        metavar="URI",
-        help="MLflow tracking URI (default $MLFLOW_TRACKING_URI, else sqlite:///mlruns/mlflow.db)",
-    )
     p.add_argument(
         "--data-dir", metavar="DIR", help="local MRPC folder: GLUE TSVs or csv/json/parquet (default $RUNNER_DATA_DIR)"
     )
@@ -87,19 +86,11 @@ def build_parser() -> argparse.ArgumentParser:
         "they would fail the same way again (default: study.retry_failed, 0)",
     )
     p.add_argument("--no-system-metrics", action="store_true", help="do not log CPU/memory/GPU metrics on trial runs")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and library logs")
     return p
 
 
-class OneLineParser(argparse.ArgumentParser):
-    """A bad flag is one line on stderr and exit 2, like every other error (no usage block)."""
-
-    def error(self, message: str):
-        self.exit(2, f"runner.sweep: error: {message} (see --help)\n")
-
-
 def _int_arg(flag: str):
-    # argparse would print its usage block as well; we want one line, raised where main() reports it.
+    # Range and type are checked in main() as a ConfigError, so main(argv) returns 2 rather than exiting.
     def parse(text: str) -> int | str:
         try:
             return int(text)
@@ -124,14 +115,19 @@ def default_config_path() -> Path:
 
 
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
-    """Defaults < YAML < environment < named flags < --set, validated in one go."""
+    """Defaults < YAML < environment < named flags < --set, validated in one go.
+
+    The data folder is the one exception, as it always was: ``--data-dir`` > ``$RUNNER_DATA_DIR``
+    > the config (``--set data.data_dir`` included). It is resolved into the config here, once,
+    so the config saved with the runs and the best model names the folder the sweep read.
+    """
     path = args.config or default_config_path()
     overrides = {}
     named = {
         "study.n_trials": args.trials,
         "study.name": args.study,
         "study.storage": args.storage or os.environ.get(STORAGE_ENV) or None,
-        "tracking.tracking_uri": args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI"),
+        "tracking.tracking_uri": tracking_uri_override(args.tracking_uri),
         "model.name": args.model,
         "study.retry_failed": args.retry_failed,
     }
@@ -139,7 +135,7 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     if args.no_system_metrics:
         overrides["tracking.system_metrics"] = False
     overrides.update(parse_override(item) for item in args.overrides)
-    return load_config(path, overrides)
+    return resolve_data_dir(load_config(path, overrides), args.data_dir)
 
 
 def _launch(cfg: SweepConfig, workers: int, argv: list[str]) -> int:
@@ -152,15 +148,9 @@ def _launch(cfg: SweepConfig, workers: int, argv: list[str]) -> int:
     return launch_workers(argv, workers)
 
 
-def _on_sigterm(signum, frame):
-    # A SIGTERM (e.g. from a job scheduler) stops like Ctrl-C: clean and resumable.
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    signal.signal(signal.SIGTERM, _on_sigterm)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """CLI entry point; returns the exit code. ``prog``: the command as typed, for help and errors."""
+    args = build_parser(prog).parse_args(argv)
 
     def work() -> int:
         _check_count("--workers", args.workers, 1)
@@ -175,16 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         from runner.workers.launch import apply_thread_limit
 
         apply_thread_limit()
-        return run_sweep(cfg, args.data_dir)
+        return run_sweep(cfg)
 
     launcher = isinstance(args.workers, int) and args.workers > 1
-    return run_command(
-        "runner.sweep",
-        work,
-        args.debug,
-        on_interrupt="interrupted; run the same command again to resume",
-        quiet=not launcher,  # the launcher itself trains nothing: skip importing the ML libraries
-    )
+    # A SIGTERM (e.g. from a job scheduler) stops like Ctrl-C: clean and resumable.
+    with sigterm_as_interrupt():
+        return run_command(
+            command_name(prog),
+            work,
+            args.debug,
+            on_interrupt="interrupted; run the same command again to resume",
+            quiet=not launcher,  # the launcher itself trains nothing: skip importing the ML libraries
+        )
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 
-from runner.cli import run_command
+from runner.cli import OneLineParser, command_name, run_command, shared_flags, sigterm_as_interrupt
 from runner.errors import ConfigError, WorkFailed
 from runner.redact import redact_url
 
@@ -35,18 +35,17 @@ class ServerFailed(WorkFailed):
     """The MLflow UI did not start or died (exit 1)."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Command-line flags."""
-    p = argparse.ArgumentParser(
-        prog="python -m runner.ui",
+PROG = "python -m runner.ui"
+
+
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    """Command-line flags; ``prog`` is the command as typed (``runner ui`` from the ``runner`` command)."""
+    p = OneLineParser(
+        prog=prog,
         description="Start the MLflow UI on the project's tracking store (http://127.0.0.1:PORT); Ctrl-C stops it.",
-        allow_abbrev=False,  # a shortened flag is an error, never a guess
+        parents=[shared_flags(debug_help="show the MLflow server's own log and tracebacks")],
     )
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port on 127.0.0.1 (default %(default)s)")
-    p.add_argument(
-        "--tracking-uri", help="MLflow tracking URI (default MLFLOW_TRACKING_URI or sqlite:///mlruns/mlflow.db)"
-    )
-    p.add_argument("--debug", action="store_true", help="show the MLflow server's own log")
     return p
 
 
@@ -55,6 +54,9 @@ def check_port(port: int) -> None:
     if not 1 <= port <= 65535:
         raise ConfigError(f"--port must be between 1 and 65535, got {port}")
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server itself binds (uvicorn sets SO_REUSEADDR): a UI stopped a moment ago leaves
+        # connections in TIME_WAIT, which must not read as "in use"; a listening process still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((HOST, port))
         except OSError:
@@ -162,16 +164,9 @@ def serve(tracking_uri: str, port: int, debug: bool) -> int:
             stop(proc)
 
 
-def _on_sigterm(signum, frame):
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; returns the exit code."""
-    args = build_parser().parse_args(argv)
-    previous = signal.signal(signal.SIGTERM, _on_sigterm)
-    # Ctrl-C must stop us even when started from a shell that ignores SIGINT in background jobs.
-    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    """CLI entry point; returns the exit code. ``prog``: the command as typed, for help and errors."""
+    args = build_parser(prog).parse_args(argv)
 
     def work() -> int:
         check_port(args.port)
@@ -181,18 +176,10 @@ def main(argv: list[str] | None = None) -> int:
         store.check_store_exists(uri)
         return serve(uri, args.port, args.debug)
 
-    try:
-        return run_command(
-            "runner.ui",
-            work,
-            args.debug,
-            on_interrupt="stopped",
-            interrupt_code=0,
-            quiet=False,
-        )
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        signal.signal(signal.SIGINT, previous_int)
+    # SIGTERM stops the server like Ctrl-C, and Ctrl-C must stop it even when started from a shell
+    # that ignores SIGINT in background jobs.
+    with sigterm_as_interrupt(sigint=True):
+        return run_command(command_name(prog), work, args.debug, on_interrupt="stopped", interrupt_code=0, quiet=False)
 
 
 if __name__ == "__main__":

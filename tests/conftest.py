@@ -117,6 +117,7 @@ def _hermetic(monkeypatch):
     """
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("RUNNER_DATA_DIR", raising=False)
+    monkeypatch.delenv("RUNNER_STORAGE", raising=False)  # the sweep, export and report read it
     _reset_mlflow_stores()
     yield
     _reset_mlflow_stores()

@@ -156,3 +156,26 @@ def test_leftovers_of_other_folders_are_not_touched(tmp_path):
     assert checkpoint.remove_leftovers() == []
     assert not checkpoint.path.exists()
     assert len(list(tmp_path.iterdir())) == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "held", "maximize", "expected"),
+    [(0.8, 0.7, True, True), (0.7, 0.8, True, False), (0.7, 0.8, False, True), (0.8, 0.7, False, False)]
+    + [(0.7, 0.7, True, False), (0.7, 0.7, False, False)],  # a tie keeps what is there
+)
+def test_one_rule_for_better_in_the_saved_model_and_the_progress_line(tmp_path, value, held, maximize, expected):
+    """The model kept on disk and the best shown while the sweep runs follow ``is_better``, ties included."""
+    from runner.search.progress import SweepProgress
+    from runner.training.metrics import is_better
+
+    checkpoint = BestCheckpoint(tmp_path, "study", maximize=maximize)
+    checkpoint.path.mkdir()
+    (checkpoint.path / INFO_FILE).write_text(json.dumps({"trial": 0, "value": held}), encoding="utf-8")
+    progress = SweepProgress(total=3, done=1, metric="eval_f1", maximize=maximize)
+    progress.set_best(held, 0)
+    progress.trial_finished(1, "COMPLETE", value)
+
+    assert is_better(value, held, maximize) is expected
+    assert is_better(value, None, maximize)
+    assert checkpoint.is_better(value) is expected
+    assert progress.best == ((value, 1) if expected else (held, 0))

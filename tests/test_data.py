@@ -9,7 +9,7 @@ import pytest
 
 from runner.config import DataConfig
 from runner.errors import ConfigError
-from runner.training.data import LABEL_NAMES, DataError, load_mrpc, resolve_data_dir, tokenize
+from runner.training.data import LABEL_NAMES, DataError, load_mrpc, tokenize
 
 
 def frame(rows) -> pd.DataFrame:
@@ -141,14 +141,6 @@ def test_max_samples_slice_keeps_the_count_and_is_seeded(mrpc_dir, train_pairs):
     assert first.splits["train"]["sentence1"] == load_mrpc(cfg, str(mrpc_dir), seed=3).splits["train"]["sentence1"]
     # A limit above the size keeps everything.
     assert load_mrpc(DataConfig(max_train_samples=1000), str(mrpc_dir), seed=3).sizes()["train"] == len(train_pairs)
-
-
-def test_data_dir_precedence(monkeypatch):
-    cfg = DataConfig(data_dir="from-config")
-    assert resolve_data_dir(cfg) == "from-config"
-    monkeypatch.setenv("RUNNER_DATA_DIR", "from-env")
-    assert resolve_data_dir(cfg) == "from-env"
-    assert resolve_data_dir(cfg, "from-flag") == "from-flag"
 
 
 def test_tokenize_is_unpadded_and_cached(mrpc_dir, tiny_model):

@@ -335,3 +335,88 @@ def test_a_password_left_in_an_old_saved_config_is_not_shipped(run_sweep, tmp_pa
     shipped = (tmp_path / "mlruns" / "best" / "tiny" / "runner_config.yaml").read_text(encoding="utf-8")
     assert secret not in shipped
     assert "postgresql://runner@db/optuna" in shipped
+
+
+def test_export_needs_neither_the_runs_tags_nor_mlflows_dataset_inputs(
+    run_sweep, store, tmp_path, capsys, monkeypatch, mrpc_dir, premade_mlflow_db
+):
+    """The run id comes from the Optuna trial and the data folder from the saved config, from any folder."""
+    import shutil
+
+    shutil.copytree(mrpc_dir, tmp_path / "data")
+    assert run_sweep("--trials", "1", "--data-dir", "data").code == 0  # relative to the sweep's folder
+    (run,) = store.children()
+    # Neither a search by trial number nor the study run's dataset inputs may be needed.
+    store.client.delete_tag(run.info.run_id, "optuna.trial_number")
+    monkeypatch.setattr("runner.record.history.study_data_source", lambda *args: None)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    mlruns = tmp_path / "mlruns"
+    stores = ["--storage", f"sqlite:///{mlruns / 'optuna.db'}", "--tracking-uri", f"sqlite:///{mlruns / 'mlflow.db'}"]
+
+    code, _, err = export(capsys, "--study", "tiny", *stores, "--best-dir", str(mlruns / "best"))
+
+    assert code == 0, err
+    metrics = json.loads((mlruns / "best" / "tiny" / "metrics.json").read_text())
+    assert metrics["run_id"] == run.info.run_id
+    assert metrics["data"]["source"] == str((tmp_path / "data").resolve())
+
+
+def _record(**changes):
+    from runner.record.modelcard import ExportRecord
+
+    fields = {
+        "study": "tiny",
+        "trial": 3,
+        "epoch": 2,
+        "run_id": "abc123",
+        "metric": "eval_f1",
+        "value": 0.8123,
+        "params": {"learning_rate": 1e-4},
+        "precision": "fp32",
+        "recorded": {"eval_f1": 0.8123, "eval_accuracy": 0.7},
+        "data_source": "nyu-mll/glue/mrpc",
+        "data_sizes": {"train": 8, "validation": 4},
+        "data_dir": None,
+        "validation": {"eval_f1": 0.8123, "eval_accuracy": 0.7, "eval_loss": 0.6},
+        "test": {"test_f1": 0.79, "test_accuracy": 0.68},
+    }
+    return ExportRecord(**{**fields, **changes})
+
+
+def test_model_card_metadata_reads_back_through_huggingface_hub(tmp_path):
+    """The card's front matter is Hub metadata: base model, task, and the exported model's scores."""
+    from huggingface_hub import ModelCard
+
+    from runner.config import SweepConfig
+    from runner.record.modelcard import write_model_card
+
+    cfg = SweepConfig.model_validate({"model": {"name": "org/base-model"}})
+    card = ModelCard.load(write_model_card(_record(), cfg, tmp_path, tmp_path / "final"))
+
+    assert card.data.base_model == "org/base-model"
+    assert (card.data.library_name, card.data.pipeline_tag) == ("transformers", "text-classification")
+    assert card.data.tags == ["runner", "glue", "mrpc"]
+    scores = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    assert scores == {
+        ("validation", "f1"): 0.8123,
+        ("validation", "accuracy"): 0.7,
+        ("test", "f1"): 0.79,
+        ("test", "accuracy"): 0.68,
+    }
+    assert {(r.dataset_type, r.dataset_config) for r in card.data.eval_results} == {("nyu-mll/glue", "mrpc")}
+    assert card.text.startswith("\n# tiny: trial 3\n") and "| test | 0.7900 | 0.6800 |  |" in card.text
+
+
+def test_model_card_names_no_local_base_model_and_no_scores_before_evaluation(tmp_path):
+    from huggingface_hub import ModelCard
+
+    from runner.config import SweepConfig
+    from runner.record.modelcard import write_model_card
+
+    cfg = SweepConfig.model_validate({"model": {"name": str(tmp_path / "local-model")}})
+    card = ModelCard.load(write_model_card(_record(validation={}, test={}), cfg, tmp_path, tmp_path / "final"))
+
+    assert card.data.base_model is None and card.data.eval_results is None
+    assert card.data.library_name == "transformers"

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from optuna.trial import TrialState
 
-from runner.workers.launch import Launcher, cpu_count, strip_workers_flag, worker_env
+from runner.workers.launch import cpu_count, worker_commands, worker_env
+from runner.workers.processes import Launcher
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,7 +36,9 @@ def test_one_gpu_per_worker():
 
 def test_workers_flag_is_not_passed_on():
     argv = ["--trials", "4", "--workers", "2", "--study", "s", "--workers=3", "--set", "study.name=--workers"]
-    assert strip_workers_flag(argv) == ["--trials", "4", "--study", "s", "--set", "study.name=--workers"]
+    commands, _ = worker_commands(argv, 2, cores=2, gpus=[])
+    expected = ["--trials", "4", "--study", "s", "--set", "study.name=--workers"]
+    assert commands == [[sys.executable, "-m", "runner.sweep", *expected]] * 2
 
 
 CHILD = """

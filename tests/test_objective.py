@@ -61,3 +61,29 @@ def test_fixed_trial_returns_the_best_epoch_value(objective):
     assert (held["trial"], held["value"], held["run_id"]) == (5, value, run.info.run_id)
     assert held["params"]["learning_rate"] == 3e-3
     assert objective.progress.done == 1 and objective.progress.best == (value, 5)
+
+
+def test_the_trial_trains_in_the_precision_it_records(objective, monkeypatch):
+    """Precision is resolved once per trial, by the objective: its record and the training agree.
+
+    A second resolve inside training could pick another precision than the one logged on the run.
+    """
+    import runner.search.objective
+    import runner.training.train
+    from runner.record.history import TRIAL_RUN_ATTR
+
+    monkeypatch.setattr(runner.search.objective, "resolve_precision", lambda mixed: "bf16")
+    build, used = runner.training.train.training_arguments, []
+
+    def spy(hp, settings, output_dir, precision):
+        used.append(precision)
+        return build(hp, settings, output_dir, precision)
+
+    monkeypatch.setattr(runner.training.train, "training_arguments", spy)
+    trial = FixedTrial({"learning_rate": 3e-3, "num_train_epochs": 1}, number=0)
+    objective(trial)
+
+    (run,) = objective.tracker.client.search_runs([objective.tracker.experiment_id], "tags.`runner.role` = 'trial'")
+    assert trial.user_attrs["precision"] == run.data.params["precision"] == "bf16"
+    assert used == ["bf16"]
+    assert trial.user_attrs[TRIAL_RUN_ATTR] == run.info.run_id

@@ -230,3 +230,19 @@ def test_labels_from_the_model_are_escaped_before_printing(classifier_dir, tmp_p
     assert one.count("\n") == 1 and one.split("\t")[0] in escaped
     assert set(pd.read_csv(io.StringIO(table), keep_default_na=False)["prediction"]) <= escaped
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f]", one + table)
+
+
+def test_a_glue_file_reads_the_same_in_predict_as_in_training(tmp_path, glue_tsv):
+    """Unbalanced quotes, "NA" and a BOM: predict's input and the training data come out as the same pairs."""
+    from runner.config import DataConfig
+    from runner.training.data import load_mrpc
+
+    rows = [('He said "yes.', "NA", 1), ("null", 'A "quoted" word.', 0), ("Plain one.", "Plain two.", 1)]
+    glue_tsv(tmp_path / "train.tsv", rows)
+    glue_tsv(tmp_path / "dev.tsv", rows)
+
+    (chunk,) = list(runner.predict.open_pairs(tmp_path / "dev.tsv"))
+    split = load_mrpc(DataConfig(), str(tmp_path), seed=0).splits["validation"]
+
+    pairs = list(zip(chunk["sentence1"], chunk["sentence2"], strict=True))
+    assert pairs == list(zip(split["sentence1"], split["sentence2"], strict=True)) == [(a, b) for a, b, _ in rows]

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 import runner.workers.launch as launch
+import runner.workers.processes as processes
 from runner.sweep import build_parser, resolve_config
 from runner.workers import worker
 
@@ -152,7 +153,7 @@ time.sleep(120)
 # A launcher of its own process, for the tests that signal or kill it: argv[1] workers running argv[2].
 LAUNCHER = """
 import sys
-from runner.workers.launch import Launcher
+from runner.workers.processes import Launcher
 n = int(sys.argv[1])
 sys.exit(Launcher([[sys.executable, "-c", sys.argv[2]]] * n, [{}] * n).run())
 """
@@ -259,7 +260,7 @@ def test_a_stop_while_workers_start_reaches_the_started_and_starts_no_more(monke
 
     monkeypatch.setattr(subprocess, "Popen", popen_then_sigterm)
     child = CHILD.replace("sleep(120)", "sleep(15)")  # today's code waits for it: fail, but not slowly
-    launcher = launch.Launcher([[sys.executable, "-c", child]] * 3, [{}] * 3)
+    launcher = processes.Launcher([[sys.executable, "-c", child]] * 3, [{}] * 3)
     try:
         code = launcher.run()
     finally:

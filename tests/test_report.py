@@ -109,6 +109,20 @@ def test_two_studies_side_by_side_and_plots(run_sweep, store, tmp_path, capsys, 
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "plotly" in (tmp_path / "plots" / "tiny" / "parallel_coordinate.html").read_text()
 
+    # No such Optuna storage: the MLflow plot alone, and no storage file is created.
+    missing = tmp_path / "none.db"
+    code, _, err = report(
+        capsys, "--study", "tiny", "--plots", str(tmp_path / "p2"), "--storage", f"sqlite:///{missing}"
+    )
+    assert code == 0, err
+    assert {p.suffix for p in (tmp_path / "p2").glob("f1_vs_learning_rate.*")} == {".png", ".html"}
+    assert not (tmp_path / "p2" / "optimization_history.png").exists() and not missing.exists()
+    # A malformed storage URL: one line, exit 2.
+    code, _, err = report(
+        capsys, "--study", "tiny", "--plots", str(tmp_path / "p3"), "--storage", "postgresql+nope://h/db"
+    )
+    assert code == 2 and err.count("\n") == 1 and "invalid Optuna storage URL" in err
+
 
 def test_a_missing_store_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

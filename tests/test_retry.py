@@ -102,3 +102,24 @@ def test_a_trial_that_raised_is_not_retried(run_sweep, store, monkeypatch):
     trials = store.study().trials
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
     assert all(RetryHeartbeatStaleTrialCallback.retried_trial_number(t) is None for t in trials)
+
+
+def test_retry_links_use_the_run_ids_stored_on_the_trials(run_sweep, store, monkeypatch):
+    """The objective stores each trial's run id on the trial; the retry links read it from there."""
+    from runner.record.history import TRIAL_RUN_ATTR
+
+    with monkeypatch.context() as patch:
+        _interrupt_call(patch, 1)
+        assert run_sweep("--trials", "1").code == 130
+    (original,) = store.children()
+    assert store.study().trials[0].user_attrs[TRIAL_RUN_ATTR] == original.info.run_id
+    # Searching runs by tag is only the fallback for trials recorded before: without the tag the link still holds.
+    store.client.delete_tag(original.info.run_id, "optuna.trial_number")
+
+    assert run_sweep("--trials", "1", "--retry-failed", "1").code == 0
+    retry = store.study().trials[1]
+    runs = {run.info.run_id: run for run in store.children()}
+    retry_tags = runs[retry.user_attrs[TRIAL_RUN_ATTR]].data.tags
+    assert retry_tags["optuna.trial_number"] == "1" and retry_tags["runner.retry_of"] == "0"
+    assert retry_tags["runner.retry_of_run_id"] == retry_tags["runner.retry_previous_run_id"] == original.info.run_id
+    assert runs[original.info.run_id].data.tags["runner.retried_by"] == "1"

@@ -6,6 +6,7 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FixedTrial
+from pydantic import ValidationError
 
 from runner.config import Hyperparameters, SweepConfig
 from runner.search.space import max_epochs, suggest, to_distributions
@@ -88,3 +89,10 @@ def test_suggest_in_a_study_stays_inside_the_space(cfg):
 def test_max_epochs(space, hyperparameters, expected):
     cfg = SweepConfig.model_validate({"search_space": space, "hyperparameters": hyperparameters})
     assert max_epochs(cfg) == expected
+
+
+@pytest.mark.parametrize("low, high", [(1, 3), (1.0, 3.0)])
+def test_a_float_range_of_epochs_is_refused_so_max_epochs_never_sees_one(low, high):
+    """Why max_epochs handles int ranges, choices and fixed values only: the config refuses a float range."""
+    with pytest.raises(ValidationError, match="num_train_epochs"):
+        SweepConfig.model_validate({"search_space": {"num_train_epochs": {"type": "float", "low": low, "high": high}}})

@@ -135,3 +135,28 @@ def test_progress_minimize():
     progress.trial_finished(0, "COMPLETE", 0.6)
     progress.trial_finished(1, "COMPLETE", 0.4)
     assert progress.best == (0.4, 1)
+
+
+def test_an_existing_study_is_opened_and_nothing_is_created(tmp_path):
+    """One way to open a study (export, report's plots): a missing file stays missing; the known studies are listed."""
+    from runner.files import sqlite_file
+    from runner.workers.storage import UnknownStudy, load_existing_study
+
+    missing = tmp_path / "nothing" / "optuna.db"
+    with pytest.raises(UnknownStudy, match="no Optuna storage at .*run a sweep first"):
+        load_existing_study(f"sqlite:///{missing}", "s")
+    assert not missing.parent.exists()
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    for name in ("b", "a"):
+        optuna.create_study(study_name=name, storage=url)
+    assert load_existing_study(url, "a").study_name == "a"
+    with pytest.raises(UnknownStudy, match=r"unknown study 'c' in sqlite:///.*optuna\.db \(known: a, b\)"):
+        load_existing_study(url, "c")
+    with pytest.raises(ConfigError, match="invalid Optuna storage URL") as bad:
+        load_existing_study("postgresql+nosuchdriver://user:s3cret@h/db", "a")
+    assert "s3cret" not in str(bad.value) and not isinstance(bad.value, UnknownStudy)
+    # The same parser as the storage's: the query and driver do not hide the file.
+    assert sqlite_file(f"sqlite+pysqlite:///{tmp_path / 'optuna.db'}?timeout=3") == tmp_path / "optuna.db"
+    assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("sqlite://") is None
+    assert sqlite_file("postgresql://h/db") is None and sqlite_file("not a url") is None

@@ -207,3 +207,27 @@ def test_cli_subprocess_config_error(tmp_path, yaml_text, flags, expected):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], proc.stderr
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_trials_hold_their_run_ids_and_the_saved_config_its_data_folder(run_sweep, store, tmp_path, mrpc_dir):
+    """The run id lives on the Optuna trial; a relative --data-dir is saved, absolute, in the config."""
+    import shutil
+
+    import yaml
+
+    from runner.record.history import TRIAL_RUN_ATTR
+
+    shutil.copytree(mrpc_dir, tmp_path / "data")
+    assert run_sweep("--trials", "2", "--data-dir", "data").code == 0  # relative to the sweep's folder
+
+    study = store.study()
+    recorded = {run.data.tags["optuna.trial_number"]: run.info.run_id for run in store.children()}
+    assert {str(t.number): t.user_attrs[TRIAL_RUN_ATTR] for t in study.trials} == recorded
+    parent = store.parent()
+    assert parent.data.tags["best_trial.run_id"] == study.best_trial.user_attrs[TRIAL_RUN_ATTR]
+
+    absolute = str((tmp_path / "data").resolve())
+    saved = yaml.safe_load((tmp_path / "mlruns" / "best" / "tiny" / "runner_config.yaml").read_text())
+    assert saved["data"]["data_dir"] == absolute
+    logged = store.client.download_artifacts(parent.info.run_id, "config.yaml", str(tmp_path))
+    assert yaml.safe_load(open(logged).read())["data"]["data_dir"] == absolute

@@ -159,3 +159,20 @@ def test_study_run_update_and_close(tracker, study_run, tmp_path):
     assert run.info.status == "FINISHED"
     assert run.data.metrics["best_eval_f1"] == 0.5 and run.data.tags["best_trial.number"] == "0"
     assert [f.path for f in tracker.client.list_artifacts(run_id)] == ["trials.csv"]
+
+
+def test_sqlite_store_urls_are_read_as_sqlalchemy_reads_them(tmp_path, monkeypatch):
+    """A query or a driver in the URL does not hide the store's file (nor make a relative path stick)."""
+    import sqlite3
+
+    from runner.record.store import absolute_sqlite_uri, check_store_exists
+
+    db = tmp_path / "mlflow.db"
+    sqlite3.connect(db).close()
+    check_store_exists(f"sqlite:///{db}?timeout=30")  # there: no error
+    with pytest.raises(TrackingError, match="no MLflow tracking store at .*none.db: run a sweep first"):
+        check_store_exists(f"sqlite+pysqlite:///{tmp_path / 'none.db'}")
+    monkeypatch.chdir(tmp_path)
+    assert absolute_sqlite_uri("sqlite+pysqlite:///rel/m.db") == f"sqlite+pysqlite:///{tmp_path}/rel/m.db"
+    assert absolute_sqlite_uri("sqlite:///m.db?timeout=3") == f"sqlite:///{tmp_path}/m.db?timeout=3"
+    assert absolute_sqlite_uri("sqlite:///:memory:") == "sqlite:///:memory:"

@@ -34,7 +34,8 @@ def setup(mrpc_dir, tiny_model):
 def run(setup, hyper, **kwargs):
     source, tokenizer, tokenized = setup
     model = new_model(source, SETTINGS.seed)
-    result = train(model, tokenizer, tokenized["train"], tokenized["validation"], hyper, SETTINGS, **kwargs)
+    precision = resolve_precision(hyper.fp16)  # as the objective resolves it, once per trial
+    result = train(model, tokenizer, tokenized["train"], tokenized["validation"], hyper, SETTINGS, precision, **kwargs)
     return model, result
 
 
@@ -130,7 +131,7 @@ def test_nan_loss_raises_training_diverged(setup, monkeypatch):
 
     monkeypatch.setattr(model, "forward", nan_loss)
     with pytest.raises(TrainingDiverged, match="loss became nan"):
-        train(model, tokenizer, tokenized["train"], tokenized["validation"], hp(num_train_epochs=2), SETTINGS)
+        train(model, tokenizer, tokenized["train"], tokenized["validation"], hp(num_train_epochs=2), SETTINGS, "fp32")
 
 
 def test_mixed_precision_run(setup):
@@ -145,7 +146,8 @@ def test_length_grouping_and_cosine_schedule(setup):
     """The defaults the real sweeps use (batches grouped by length, another scheduler) train as well."""
     source, tokenizer, tokenized = setup
     settings = SETTINGS.model_copy(update={"group_by_length": True, "lr_scheduler_type": "cosine"})
-    result = train(new_model(source, 7), tokenizer, tokenized["train"], tokenized["validation"], hp(), settings)
+    model = new_model(source, 7)
+    result = train(model, tokenizer, tokenized["train"], tokenized["validation"], hp(), settings, "fp32")
     assert [row["epoch"] for row in result.epochs] == [1, 2, 3]
     assert result.probabilities.shape == (8, 2)
 
@@ -172,7 +174,9 @@ def test_kept_predictions_follow_the_validation_rows(setup):
     source, tokenizer, tokenized = setup
     settings = SETTINGS.model_copy(update={"group_by_length": True, "per_device_eval_batch_size": 3})
     model = new_model(source, 7)
-    result = train(model, tokenizer, tokenized["train"], tokenized["validation"], hp(num_train_epochs=1), settings)
+    result = train(
+        model, tokenizer, tokenized["train"], tokenized["validation"], hp(num_train_epochs=1), settings, "fp32"
+    )
     validation = tokenized["validation"]
     lengths = [len(ids) for ids in validation["input_ids"]]
     assert lengths != sorted(lengths, reverse=True), "the fixture's rows must not already be in evaluation order"

@@ -104,6 +104,9 @@ def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep
     assert code == 0, err
     assert "runner.ui: stopped" in err
     with socket.socket() as sock:
+        # SO_REUSEADDR, as servers set it: the closed connections' TIME_WAIT does not count,
+        # a server or worker still listening does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", port))  # the server and its workers are gone
 
 

@@ -6,7 +6,6 @@ Pure file writers: they know nothing of MLflow, which uploads what they write.
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +20,6 @@ import pandas as pd  # noqa: E402
 from sklearn.metrics import ConfusionMatrixDisplay  # noqa: E402
 
 from runner.training.data import LABEL_NAMES  # noqa: E402
-
-log = logging.getLogger(__name__)
 
 
 def write_predictions(eval_split, probs: np.ndarray, path: Path) -> Path:
@@ -60,25 +57,35 @@ def write_json(data: Any, path: Path) -> Path:
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: number, state, value, searched params, precision, accuracy, best epoch, duration."""
-    rows = []
-    for t in study.trials:
-        best = t.user_attrs.get("best_metrics", {})
-        rows.append(
-            {
-                "trial": t.number,
-                "state": t.state.name,
-                "value": t.value,
-                **t.params,
-                "precision": t.user_attrs.get("precision"),
-                "accuracy": best.get("eval_accuracy"),
-                "best_epoch": t.user_attrs.get("best_epoch"),
-                "epochs_run": t.user_attrs.get("epochs_run"),
-                "seconds": round(t.duration.total_seconds(), 1) if t.duration else None,
-                "error": t.user_attrs.get("error", ""),
-            }
-        )
-    return pd.DataFrame(rows)
+    """One row per trial: number, state, value, searched params, precision, accuracy, best epoch, duration.
+
+    Optuna's ``trials_dataframe``, with the user attrs the objective records given short names and
+    the params in the order the space lists them (Optuna sorts them). The sweep's view of its trials,
+    from the study; ``runner.report`` builds its table from the MLflow runs instead.
+    """
+    frame = study.trials_dataframe(attrs=("number", "state", "value", "duration", "params", "user_attrs"))
+    if frame.empty:
+        return frame
+
+    def attr(name: str) -> list:
+        column = f"user_attrs_{name}"
+        return frame[column].tolist() if column in frame.columns else [None] * len(frame)
+
+    params = dict.fromkeys(name for t in study.get_trials(deepcopy=False) for name in t.params)
+    return pd.DataFrame(
+        {
+            "trial": frame["number"],
+            "state": frame["state"],
+            "value": frame["value"],
+            **{name: frame[f"params_{name}"] for name in params},
+            "precision": attr("precision"),
+            "accuracy": [b.get("eval_accuracy") if isinstance(b, dict) else None for b in attr("best_metrics")],
+            "best_epoch": attr("best_epoch"),
+            "epochs_run": attr("epochs_run"),
+            "seconds": [round(d.total_seconds(), 1) if pd.notna(d) else None for d in frame["duration"]],
+            "error": [e if isinstance(e, str) else "" for e in attr("error")],
+        }
+    )
 
 
 def write_study_plots(study: optuna.Study, out_dir: Path) -> list[Path]:

@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from runner.files import private_dir
+from runner.training.metrics import is_better
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +116,7 @@ class BestCheckpoint:
     def is_better(self, value: float) -> bool:
         """Would ``value`` replace the stored model?"""
         held = self.current()
-        if held is None:
-            return True
-        return value > held["value"] if self.maximize else value < held["value"]
+        return is_better(value, None if held is None else held["value"], self.maximize)
 
     def offer(self, model, tokenizer, value: float, info: dict[str, Any], config_yaml: str) -> bool:
         """Save ``model`` (already holding its best weights) if it beats the stored one."""

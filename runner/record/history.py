@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import mlflow
 
 from runner.record.store import TrackingError, mlflow_client
 
+if TYPE_CHECKING:
+    from optuna.trial import FrozenTrial
+
 log = logging.getLogger(__name__)
+
+# The Optuna trial user attr that holds the trial's MLflow run id: the one place it is kept.
+TRIAL_RUN_ATTR = "mlflow_run_id"
 
 
 def list_studies(tracking_uri: str) -> list[tuple[str, str]]:
@@ -33,19 +40,29 @@ def study_experiment_id(tracking_uri: str, study: str) -> str:
     return found.experiment_id
 
 
-def find_trial_run(tracking_uri: str, study: str, trial_number: int) -> str | None:
-    """The run id of one trial of a study, or None."""
-    client = mlflow_client(tracking_uri)
-    runs = client.search_runs(
+def trial_run_id(tracking_uri: str, study: str, trial: FrozenTrial) -> str | None:
+    """The MLflow run id of one trial of a study, or None.
+
+    The objective stores it on the trial (``TRIAL_RUN_ATTR``) as soon as the run exists.
+    Trials recorded before it did have no such attribute: for them only, the run is found
+    by its tags.
+    """
+    run_id = trial.user_attrs.get(TRIAL_RUN_ATTR)
+    if run_id:
+        return run_id
+    runs = mlflow_client(tracking_uri).search_runs(
         [study_experiment_id(tracking_uri, study)],
-        filter_string=f"tags.`runner.role` = 'trial' and tags.`optuna.trial_number` = '{trial_number}'",
+        filter_string=f"tags.`runner.role` = 'trial' and tags.`optuna.trial_number` = '{trial.number}'",
         max_results=1,
     )
     return runs[0].info.run_id if runs else None
 
 
 def study_data_source(tracking_uri: str, study: str) -> str | None:
-    """The local data folder the study's sweep trained on (from its dataset inputs), if any."""
+    """The local data folder the study's sweep trained on (from its dataset inputs), if any.
+
+    Only for models saved before the saved config held ``data.data_dir``: export reads that first.
+    """
     import json
 
     client = mlflow_client(tracking_uri)

@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from huggingface_hub import EvalResult, ModelCardData
+
 from runner.config import SweepConfig
 from runner.training.data import LABEL_NAMES
 
@@ -84,16 +86,43 @@ def _metric_row(name: str, values: dict[str, float], prefix: str) -> str:
     return f"| {name} | " + " | ".join(cells) + " |"
 
 
+def card_data(record: ExportRecord, cfg: SweepConfig) -> ModelCardData:
+    """The card's YAML metadata, as the Hub and MLflow read it: library, task, base model, scores.
+
+    The scores are the exported model's own (re-evaluated validation, and test when scored);
+    a base model given as a local folder is not named (the path means nothing elsewhere).
+    """
+    base = cfg.model.name
+    results = [
+        EvalResult(
+            task_type="text-classification",
+            dataset_type=cfg.data.hub_id,
+            dataset_name="GLUE MRPC",
+            dataset_config=cfg.data.hub_config,
+            dataset_split=split,
+            metric_type=name,
+            metric_value=float(scores[f"{prefix}_{name}"]),
+        )
+        for split, prefix, scores in (("validation", "eval", record.validation), ("test", "test", record.test))
+        for name in ("f1", "accuracy")
+        if f"{prefix}_{name}" in scores
+    ]
+    return ModelCardData(
+        library_name="transformers",
+        pipeline_tag="text-classification",
+        tags=["runner", "glue", "mrpc"],
+        base_model=None if Path(base).is_absolute() or base.startswith(".") else base,
+        model_name=record.study if results else None,
+        eval_results=results or None,
+    )
+
+
 def write_model_card(record: ExportRecord, cfg: SweepConfig, folder: Path, final_path: Path) -> Path:
     """README.md in the Hugging Face model-card layout: model, data, params, metrics, reproduce.
 
     ``folder`` is where it is written now (staging), ``final_path`` where the folder will live.
     """
     base = cfg.model.name
-    front = ["---", "library_name: transformers", "pipeline_tag: text-classification", "tags: [runner, glue, mrpc]"]
-    if not Path(base).is_absolute() and not base.startswith("."):
-        front.append(f"base_model: {base}")
-    front.append("---")
     params = "\n".join(f"| `{k}` | {_yaml_value(v)} |" for k, v in sorted(record.params.items()))
     sizes = ", ".join(f"{name} {n}" for name, n in record.data_sizes.items())
     rows = [_metric_row("validation (recorded by the sweep)", record.recorded, "eval")]
@@ -140,5 +169,5 @@ From the project root (the study `{record.study}-trial{record.trial}` retrains t
 ```
 """
     path = folder / "README.md"
-    path.write_text("\n".join(front) + "\n" + body, encoding="utf-8")
+    path.write_text(f"---\n{card_data(record, cfg).to_yaml()}\n---\n{body}", encoding="utf-8")
     return path

@@ -21,35 +21,23 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from runner.redact import redact_url  # noqa: E402
-
 log = logging.getLogger("runner")
 
 OPTUNA_PLOTS = ("optimization_history", "parallel_coordinate", "param_importances", "intermediate_values")
 
 
-def write_report_plots(study_name: str, storage_url: str, runs: pd.DataFrame, folder: Path) -> list[Path]:
-    """Write every plot that the data allows into ``folder``; returns the files written."""
+def write_report_plots(study: optuna.Study | None, runs: pd.DataFrame, folder: Path) -> list[Path]:
+    """Write every plot that the data allows into ``folder``; returns the files written.
+
+    ``study`` None (not in the Optuna storage): only the plots from the MLflow ``runs``.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    study = _load_study(storage_url, study_name)
     if study is not None:
         for name in OPTUNA_PLOTS:
             written += optuna_plot(study, name, folder)
     written += f1_vs_learning_rate(runs, folder)
     return written
-
-
-def _load_study(storage_url: str, name: str) -> optuna.Study | None:
-    db = storage_url.removeprefix("sqlite:///") if storage_url.startswith("sqlite:///") else None
-    if db and not Path(db).is_file():
-        log.warning("no Optuna storage at %s: only the MLflow plots are written", db)
-        return None
-    try:
-        return optuna.load_study(study_name=name, storage=storage_url)
-    except KeyError:
-        log.warning("study %r is not in %s: only the MLflow plots are written", name, redact_url(storage_url))
-        return None
 
 
 def optuna_plot(study: optuna.Study, name: str, folder: Path, html: bool = True) -> list[Path]:

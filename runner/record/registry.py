@@ -6,7 +6,6 @@ its files are checked (runner.training.trusted).
 
 from __future__ import annotations
 
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -15,10 +14,8 @@ import mlflow
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 
+from runner.errors import first_line
 from runner.record.store import TrackingError, mlflow_client
-
-log = logging.getLogger(__name__)
-
 
 CHAMPION_ALIAS = "champion"
 
@@ -26,8 +23,9 @@ CHAMPION_ALIAS = "champion"
 MODEL_ARTIFACT_NAME = "model"
 
 
-# What the exported model needs at serving time. Listed explicitly: MLflow's inference
-# imports torchvision, which has no CPU build here (see STACK.md).
+# What the exported model needs at serving time. Listed explicitly: MLflow's inference of
+# a pipeline's requirements imports torchvision, which this project does not install, and
+# log_model then fails with ModuleNotFoundError.
 SERVING_PACKAGES = ("mlflow", "transformers", "torch", "tokenizers", "safetensors", "accelerate")
 
 
@@ -138,8 +136,7 @@ def load_pipeline(model_uri: str, tracking_uri: str):
         try:
             root = Path(download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=tracking_uri))
         except MlflowException as err:
-            first_line = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise TrackingError(f"cannot load {printable(model_uri)}: {printable(first_line)}") from None
+            raise TrackingError(f"cannot load {printable(model_uri)}: {printable(first_line(err))}") from None
         model_dir, tokenizer_dir = _checked_transformers_folders(root, model_uri)
         # Weights and tokenizer are in memory once loaded: the copy can go.
         return load_folder(model_dir, tokenizer_dir, name=model_uri, safetensors_only=True, code_root=root)

@@ -2,13 +2,14 @@
 
 We drive MLflow through ``MlflowClient`` with explicit run ids instead of the
 Trainer's or optuna-integration's callbacks: those lose params on later trials,
-mark pruned trials FINISHED and create no parent run (see STACK.md).
+mark pruned trials FINISHED and create no parent run (the Trainer's ``MLflowCallback`` sets
+itself up once, so only the first trial of a search gets params; optuna-integration's
+``MLflowCallback(nested=True)`` has no parent run).
 """
 
 from __future__ import annotations
 
 import logging
-import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,23 +19,23 @@ from urllib.parse import urlparse
 
 import mlflow
 import optuna
-from mlflow.entities import DatasetInput, InputTag, Metric, Param, RunStatus, RunTag
+from mlflow.entities import DatasetInput, InputTag, Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_PARENT_RUN_ID
+from optuna.trial import FrozenTrial
 
 from runner.config import TrackingConfig
-from runner.files import private_dir, use_wal
+from runner.files import private_dir, sqlite_file, use_wal
+from runner.record.history import trial_run_id
 from runner.record.store import absolute_sqlite_uri
+from runner.record.trial_run import TrialRun, now_ms, run_tag
 from runner.redact import redact_text
 
 log = logging.getLogger(__name__)
 
 
 STUDY_RUN_ATTR = "mlflow_run_id"  # Optuna study user attr that remembers the parent run
-
-
-MAX_PARAM_LENGTH = 6000  # MLflow's limit per param value
 
 
 DEFAULT_ARTIFACTS = TrackingConfig().artifact_location
@@ -49,19 +50,18 @@ class Tracker:
 
     def __init__(self, tracking_uri: str, experiment: str, artifact_location: str, system_metrics: bool = True):
         tracking_uri = absolute_sqlite_uri(tracking_uri)
-        url = urlparse(tracking_uri)
-        if url.scheme == "sqlite" and url.path.removeprefix("/") not in ("", ":memory:"):
-            private_dir(Path(url.path.removeprefix("/")).parent)  # mlruns/ holds databases and models: 0700
+        db = sqlite_file(tracking_uri)
+        if db is not None:
+            private_dir(db.parent)  # mlruns/ holds databases and models: 0700
         self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         self.system_metrics = system_metrics
         self.experiment_id = self._experiment(experiment, artifact_location)
-        if url.scheme == "sqlite" and url.path.removeprefix("/") not in ("", ":memory:"):
+        if db is not None:
             # Local workers (--workers K) write runs at once: with write-ahead logging readers never
             # wait for a writer, and MLflow's 5 s busy timeout is not reached.
-            use_wal(Path(url.path.removeprefix("/")))
+            use_wal(db)
         self.study_run_id: str | None = None
-        self._pending_tags: dict[int, dict[str, str]] = {}
 
     def _experiment(self, name: str, artifact_location: str) -> str:
         found = self.client.get_experiment_by_name(name)
@@ -97,7 +97,7 @@ class Tracker:
             study.set_user_attr(STUDY_RUN_ATTR, run_id)
         else:
             self.client.update_run(run_id, status="RUNNING")
-            self.client.log_batch(run_id, tags=[_tag(k, v) for k, v in tags.items()])
+            self.client.log_batch(run_id, tags=[run_tag(k, v) for k, v in tags.items()])
         self.study_run_id = run_id
         return run_id
 
@@ -112,11 +112,11 @@ class Tracker:
 
     def update_study_run(self, metrics: dict[str, float], tags: dict[str, str], files: list[Path]) -> None:
         """Best-trial metrics and tags, and files (config, trials table, plots), on the study run."""
-        now = _now_ms()
+        now = now_ms()
         self.client.log_batch(
             self.study_run_id,
             metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()],
-            tags=[_tag(k, v) for k, v in tags.items()],
+            tags=[run_tag(k, v) for k, v in tags.items()],
         )
         for path in files:
             self.client.log_artifact(self.study_run_id, str(path))
@@ -129,9 +129,12 @@ class Tracker:
     # --- trial (child) runs -------------------------------------------------------
 
     @contextmanager
-    def trial_run(self, study_name: str, trial_number: int, params: dict[str, Any]) -> Iterator[TrialRun]:
+    def trial_run(
+        self, study_name: str, trial_number: int, params: dict[str, Any], tags: dict[str, str] | None = None
+    ) -> Iterator[TrialRun]:
         """A child run for one trial; its status follows how the block ends.
 
+        ``tags`` go on the run besides its own (a retry's links, from ``link_retry``).
         Returns normally -> FINISHED/COMPLETE; ``optuna.TrialPruned`` -> KILLED/PRUNED;
         Ctrl-C -> KILLED/FAIL (interrupted); any other exception -> FAILED/FAIL.
         """
@@ -144,7 +147,7 @@ class Tracker:
                 "runner.study": study_name,
                 "optuna.trial_number": str(trial_number),
                 "optuna.state": "RUNNING",
-                **self._pending_tags.pop(trial_number, {}),
+                **(tags or {}),
             },
         )
         handle = TrialRun(self.client, run.info.run_id)
@@ -169,31 +172,28 @@ class Tracker:
             if monitor is not None:
                 monitor.finish()
 
-    def link_retry(self, study_name: str, trial_number: int, original: int, history: list[int]) -> None:
-        """Tag the coming run of ``trial_number`` as a retry of ``original`` (and of ``history[-1]``).
+    def link_retry(self, study: optuna.Study, trial_number: int, original: int, history: list[int]) -> dict[str, str]:
+        """Tags for the coming run of ``trial_number``, a retry of ``original`` (and of ``history[-1]``).
 
-        The run of the trial it repeats gets ``runner.retried_by`` in turn, so either run leads to the other.
+        Pass them to ``trial_run``. The run of the trial it repeats gets ``runner.retried_by``
+        at once, so either run leads to the other.
         """
+        trials = {t.number: t for t in study.get_trials(deepcopy=False)}
         previous = history[-1] if history else original
-        previous_run = self._trial_run_id(study_name, previous)
-        tags = {
+        previous_run = self.trial_run_id(study.study_name, trials[previous])
+        original_run = previous_run if original == previous else self.trial_run_id(study.study_name, trials[original])
+        if previous_run:
+            self.client.set_tag(previous_run, "runner.retried_by", str(trial_number))
+        return {
             "runner.retry_of": str(original),
-            "runner.retry_of_run_id": self._trial_run_id(study_name, original) or "",
+            "runner.retry_of_run_id": original_run or "",
             "runner.retry_history": ",".join(map(str, history)),
             "runner.retry_previous_run_id": previous_run or "",
         }
-        self._pending_tags[trial_number] = tags
-        if previous_run:
-            self.client.set_tag(previous_run, "runner.retried_by", str(trial_number))
 
-    def _trial_run_id(self, study_name: str, number: int) -> str | None:
-        runs = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`runner.role` = 'trial' and tags.`runner.study` = '{study_name}' "
-            f"and tags.`optuna.trial_number` = '{number}'",
-            max_results=1,
-        )
-        return runs[0].info.run_id if runs else None
+    def trial_run_id(self, study_name: str, trial: FrozenTrial) -> str | None:
+        """The run id of one of this study's trials: stored on the trial, or found by tag for older records."""
+        return trial_run_id(self.tracking_uri, study_name, trial)
 
     def _start_system_metrics(self, run_id: str):
         if not self.system_metrics:
@@ -220,47 +220,3 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, status="FAILED")
             settled += 1
         return settled
-
-
-class TrialRun:
-    """Logging handle for one trial's run."""
-
-    def __init__(self, client: MlflowClient, run_id: str):
-        self.client, self.run_id = client, run_id
-
-    def log_params(self, params: dict[str, Any]) -> None:
-        """Log params (MLflow takes at most 100 per call)."""
-        items = [Param(k, str(v)[:MAX_PARAM_LENGTH]) for k, v in params.items()]
-        for start in range(0, len(items), 100):
-            self.client.log_batch(self.run_id, params=items[start : start + 100])
-
-    def log_metrics(self, metrics: dict[str, float], step: int = 0) -> None:
-        """Log metrics at one step (the epoch, for per-epoch metrics)."""
-        now = _now_ms()
-        self.client.log_batch(self.run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()])
-
-    def set_tags(self, tags: dict[str, Any]) -> None:
-        """Set string tags on the run."""
-        self.client.log_batch(self.run_id, tags=[_tag(k, v) for k, v in tags.items()])
-
-    def log_files(self, paths: list[Path]) -> None:
-        """Upload local files as artifacts at the run's root."""
-        for path in paths:
-            self.client.log_artifact(self.run_id, str(path))
-
-    def log_text(self, name: str, text: str) -> None:
-        """Store a text artifact."""
-        self.client.log_text(self.run_id, text, name)
-
-    def end(self, status: str, optuna_state: str, tags: dict[str, str]) -> None:
-        """Record the trial's fate and terminate the run."""
-        self.set_tags({"optuna.state": optuna_state, **tags})
-        self.client.set_terminated(self.run_id, status=RunStatus.to_string(RunStatus.from_string(status)))
-
-
-def _tag(key: str, value: Any) -> RunTag:
-    return RunTag(key, str(value)[:5000])
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)

@@ -6,20 +6,16 @@ SQLite file makes it create an empty one: both are one-line errors here instead.
 
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from urllib.parse import urlparse
 
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from runner.config import TrackingConfig
+from runner.config import TrackingConfig, tracking_uri_override
 from runner.errors import ConfigError
+from runner.files import sqlite_file
 from runner.redact import redact_url
-
-log = logging.getLogger(__name__)
-
 
 # What MLflow raises when a store or registry refuses an operation: the commands report it in one line.
 RecordError = MlflowException
@@ -55,22 +51,20 @@ def absolute_sqlite_uri(uri: str) -> str:
     MLflow caches one store per URI string in a process, so a relative path would keep
     pointing at the database of whichever working directory used it first.
     """
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        db = uri.removeprefix("sqlite:///")
-        if db and db != ":memory:":
-            return f"sqlite:///{Path(db).resolve()}"
-    return uri
+    db = sqlite_file(uri)
+    if db is None or db.is_absolute():
+        return uri
+    # The path as written, not re-rendered: SQLAlchemy would percent-encode an "@" or "%" in it.
+    return uri.replace(f"///{db}", f"///{db.resolve()}", 1)
 
 
 def resolve_tracking_uri(cli_value: str | None = None) -> str:
-    """``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > the project's store, as ``runner.sweep`` does.
+    """``--tracking-uri`` > ``$MLFLOW_TRACKING_URI`` > the project's store (the sweep's rule: tracking_uri_override).
 
     A relative SQLite path is made absolute: MLflow caches stores by URI string, so a relative
     one would keep pointing at the first working directory's database.
     """
-    import os
-
-    return absolute_sqlite_uri(cli_value or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI)
+    return absolute_sqlite_uri(tracking_uri_override(cli_value) or DEFAULT_TRACKING_URI)
 
 
 def check_store_exists(tracking_uri: str) -> None:
@@ -79,11 +73,9 @@ def check_store_exists(tracking_uri: str) -> None:
     Without this, MLflow would create an empty database and report "no such experiment".
     """
     check_reachable(tracking_uri)
-    url = urlparse(tracking_uri)
-    if url.scheme == "sqlite":
-        db = tracking_uri.removeprefix("sqlite:///")
-        if db and db != ":memory:" and not Path(db).is_file():
-            raise TrackingError(f"no MLflow tracking store at {db}: run a sweep first, or pass --tracking-uri")
+    db = sqlite_file(tracking_uri)
+    if db is not None and not db.is_file():
+        raise TrackingError(f"no MLflow tracking store at {db}: run a sweep first, or pass --tracking-uri")
 
 
 def mlflow_client(tracking_uri: str) -> MlflowClient:

@@ -18,6 +18,7 @@ import optuna
 from runner.config import SweepConfig, to_yaml
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
+from runner.record.history import TRIAL_RUN_ATTR
 from runner.record.runs import Tracker
 from runner.redact import redact_text
 from runner.search.progress import SweepProgress
@@ -45,16 +46,19 @@ class Objective:
     checkpoint: BestCheckpoint
     progress: SweepProgress
 
-    def __call__(self, trial: optuna.Trial) -> float:
+    def __call__(self, trial: optuna.Trial, run_tags: dict[str, str] | None = None) -> float:
+        """Train one trial and return its value; ``run_tags`` go on its MLflow run (a retry's links)."""
         hp = suggest(trial, self.cfg)
+        # Resolved once per trial: the run's param, the trial's attr and the training all use this one.
         precision = resolve_precision(hp.fp16)
         trial.set_user_attr("precision", precision)
         trial.set_user_attr("worker", worker.current())
         params = {**hp.model_dump(), **self.fixed_params(), "precision": precision}
         self.progress.trial_started(trial.number, {k: getattr(hp, k) for k in self.cfg.searched()})
         try:
-            with self.tracker.trial_run(self.cfg.study.name, trial.number, params) as run:
-                value = self._run(trial, hp, run)
+            with self.tracker.trial_run(self.cfg.study.name, trial.number, params, run_tags) as run:
+                trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
+                value = self._run(trial, hp, precision, run)
         except optuna.TrialPruned:
             self.progress.trial_finished(
                 trial.number, "PRUNED", None, f" at epoch {trial.user_attrs.get('epochs_run')}"
@@ -86,7 +90,7 @@ class Objective:
             "eval_samples": len(self.tokenized["validation"]),
         }
 
-    def _run(self, trial: optuna.Trial, hp, run) -> float:
+    def _run(self, trial: optuna.Trial, hp, precision: str, run) -> float:
         metric = self.cfg.study.metric
         maximize = self.cfg.study.direction == "maximize"
 
@@ -106,6 +110,7 @@ class Objective:
             self.tokenized["validation"],
             hp,
             self.cfg.train,
+            precision=precision,
             metric=metric,
             maximize=maximize,
             on_epoch=on_epoch,

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from runner.training.metrics import is_better
+
 log = logging.getLogger("runner")
 
 
@@ -39,7 +41,7 @@ class SweepProgress:
         if state in ("COMPLETE", "PRUNED"):
             self.done += 1
         if state == "COMPLETE" and value is not None:
-            if self.best is None or (value > self.best[0] if self.maximize else value < self.best[0]):
+            if is_better(value, self.best[0] if self.best else None, self.maximize):
                 self.best = (value, number)
         shown = f" {self.metric}={value:.4f}" if value is not None else ""
         log.info(

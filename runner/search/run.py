@@ -24,7 +24,7 @@ from runner.search.progress import SweepProgress
 from runner.search.study import make_study
 from runner.search.study_run import finish_study_run, reproduction_tags
 from runner.search.summary import print_summary
-from runner.training.data import MrpcData, load_mrpc, resolve_data_dir, tokenize
+from runner.training.data import MrpcData, load_mrpc, tokenize
 from runner.training.model import attention_dropout, load_tokenizer, resolve_model
 from runner.training.train import resolve_precision
 from runner.workers.scheduler import FINISHED, retry_origin, run_until_total
@@ -48,12 +48,15 @@ class Inputs:
     tokenized: Any  # DatasetDict
 
 
-def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
-    """Check the stores and load data, tokenizer and tokens; writes nothing to the stores."""
+def prepare_inputs(cfg: SweepConfig) -> Inputs:
+    """Check the stores and load data (from ``cfg.data.data_dir``, else the Hub), tokenizer and tokens.
+
+    Writes nothing to the stores.
+    """
     check_storage_url(cfg.study.storage)
     check_storage_reachable(cfg.study.storage)
     check_reachable(cfg.tracking.tracking_uri)
-    data = load_mrpc(cfg.data, resolve_data_dir(cfg.data, data_dir), seed=cfg.train.seed)
+    data = load_mrpc(cfg.data, cfg.data.data_dir, seed=cfg.train.seed)
     log.info("data: %s %s", data.source, data.sizes())
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
@@ -61,13 +64,13 @@ def prepare_inputs(cfg: SweepConfig, data_dir: str | None) -> Inputs:
     return Inputs(data, source, tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
 
 
-def run_sweep(cfg: SweepConfig, data_dir: str | None = None) -> int:
+def run_sweep(cfg: SweepConfig) -> int:
     """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed.
 
     Any number of workers may run this at once against one storage and tracking store:
     together they finish exactly ``n_trials`` trials under one MLflow study run.
     """
-    inputs = prepare_inputs(cfg, data_dir)
+    inputs = prepare_inputs(cfg)
     lock = _open_lock(cfg)
     try:
         # One worker at a time creates the tables, the study, the experiment and the study run:
@@ -137,12 +140,12 @@ def optimize(
         progress.done = len(study.get_trials(deepcopy=False, states=FINISHED))
         if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
             progress.set_best(study.best_value, study.best_trial.number)
-        # A retried trial's run points at the run of the trial it repeats.
+        # A retried trial's run points at the run of the trial it repeats. (optuna.Trial has no
+        # system_attrs, where Optuna keeps the retry's origin: read them from the stored trial.)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         origin = retry_origin(next(t for t in running if t.number == trial.number))
-        if origin is not None:
-            tracker.link_retry(study.study_name, trial.number, *origin)
-        return objective(trial)
+        tags = tracker.link_retry(study, trial.number, *origin) if origin is not None else None
+        return objective(trial, tags)
 
     run_until_total(
         study,

@@ -41,4 +41,4 @@ def max_epochs(cfg: SweepConfig) -> int:
         return entry.high
     if isinstance(entry, Categorical):
         return max(int(c) for c in entry.choices)
-    return int(entry) if not isinstance(entry, FloatRange) else int(entry.high)
+    return int(entry)  # a fixed value; a float range cannot pass the config's integer check

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import optuna
 from optuna.distributions import distribution_to_json
 
@@ -11,9 +9,6 @@ from runner.config import SweepConfig
 from runner.errors import ConfigError
 from runner.search.space import max_epochs, to_distributions
 from runner.workers.storage import open_storage
-
-log = logging.getLogger("runner")
-
 
 WORKER_STARTS_ATTR = "runner.worker_starts"  # study user attr: how many sweep processes have joined it
 
@@ -55,6 +50,12 @@ def check_same_objective(study: optuna.Study, cfg: SweepConfig) -> None:
 
     Otherwise TPE would model trials from different spaces as one and the best
     trial would compare unlike things; the first run records what it optimises.
+
+    The direction has two records: Optuna's own, fixed when the study was created
+    (``create_study(load_if_exists=True)`` ignores the direction it is given for an existing
+    study), and ours in the user attr. Optuna's wins: it is merged over ours, or over the
+    current objective when the study has none (one made before this check, or by another
+    tool), so a changed direction is refused even then instead of being recorded as if new.
     """
     space = {name: distribution_to_json(d) for name, d in to_distributions(cfg).items()}
     # Pinned values may change between runs (each trial's run records them); what is searched may not.

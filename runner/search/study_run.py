@@ -68,7 +68,8 @@ def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, st
                 best = study.best_trial
                 metrics = {f"best_{k}": v for k, v in best.user_attrs.get("best_metrics", {}).items()}
                 metrics |= {f"best_{cfg.study.metric}": best.value, "best_trial": best.number}
-                tags |= {"best_trial.number": best.number, "best_trial.run_id": _run_id_of(tracker, study, best.number)}
+                run_id = tracker.trial_run_id(study.study_name, best) or ""
+                tags |= {"best_trial.number": best.number, "best_trial.run_id": run_id}
                 tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
             tracker.update_study_run(metrics, tags, files)
     finally:
@@ -81,12 +82,3 @@ def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, st
             log.info("study run left open: trial(s) %s still running on other workers", ", ".join(map(str, others)))
         else:
             tracker.close_study_run(status)
-
-
-def _run_id_of(tracker: Tracker, study: optuna.Study, number: int) -> str:
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        filter_string=f"tags.`runner.study` = '{study.study_name}' and tags.`optuna.trial_number` = '{number}'",
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else ""

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import collections
-import logging
 import sys
 
 import optuna
@@ -12,8 +11,6 @@ from runner.config import SweepConfig, TrackingConfig
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
 from runner.redact import redact_url
-
-log = logging.getLogger("runner")
 
 
 def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpoint) -> None:

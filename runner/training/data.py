@@ -2,28 +2,29 @@
 
 Everything goes through ``datasets.load_dataset`` so that both the parsed files
 and the tokenized splits live in the ``datasets`` cache: later trials and later
-runs of the same study reuse them instead of tokenizing again.
+runs of the same study reuse them instead of tokenizing again. ``datasets`` is
+imported where data is loaded: it takes seconds, and ``runner.predict`` reads its
+input files with this module's ``table_options`` alone.
 """
 
 from __future__ import annotations
 
-import logging
-import os
+import csv
 from dataclasses import dataclass
 from pathlib import Path
-
-import datasets
-from datasets import ClassLabel, DatasetDict
+from typing import TYPE_CHECKING, Any
 
 from runner.config import DataConfig
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 from runner.training.hub import hub_available
 
-log = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    import datasets
+    from datasets import DatasetDict
 
 LABEL_NAMES = ["not_equivalent", "equivalent"]
 COLUMNS = ["sentence1", "sentence2", "label"]
-# GLUE's own TSV header (as in ../shared/data/mrpc) -> the Hub dataset's column names.
+# The header of GLUE's own MRPC TSVs (Quality, #1 ID, #2 ID, #1 String, #2 String) -> the Hub dataset's columns.
 GLUE_TSV_COLUMNS = {"#1 String": "sentence1", "#2 String": "sentence2", "Quality": "label"}
 SPLIT_FILES = {"train": ["train"], "validation": ["validation", "dev"], "test": ["test"]}
 FORMATS = {".tsv": "csv", ".csv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
@@ -45,17 +46,14 @@ class MrpcData:
         return {name: len(split) for name, split in self.splits.items()}
 
 
-def resolve_data_dir(cfg: DataConfig, cli_dir: str | None = None) -> str | None:
-    """The local data folder: ``--data-dir`` > ``RUNNER_DATA_DIR`` > the config's ``data_dir``."""
-    return cli_dir or os.environ.get("RUNNER_DATA_DIR") or cfg.data_dir
-
-
 def load_mrpc(cfg: DataConfig, data_dir: str | None, seed: int) -> MrpcData:
     """Load MRPC from ``data_dir`` when given, else from the Hub (or its cache).
 
     Train and validation are sliced to ``max_train_samples`` / ``max_eval_samples``
     (a seeded shuffle first, so a slice keeps both labels).
     """
+    from datasets import DatasetDict
+
     if data_dir:
         splits, source = _load_local(Path(data_dir).expanduser()), str(Path(data_dir).expanduser().resolve())
     else:
@@ -74,6 +72,9 @@ def load_mrpc(cfg: DataConfig, data_dir: str | None, seed: int) -> MrpcData:
 
 
 def _load_hub(cfg: DataConfig) -> DatasetDict:
+    import datasets
+    from datasets import DatasetDict
+
     online = hub_available()
     try:
         loaded = datasets.load_dataset(cfg.hub_id, cfg.hub_config)
@@ -84,11 +85,13 @@ def _load_hub(cfg: DataConfig) -> DatasetDict:
                 "cannot be reached: point at a local copy with --data-dir DIR or RUNNER_DATA_DIR=DIR "
                 "(GLUE MRPC TSVs: train.tsv, dev.tsv)"
             ) from None
-        raise DataError(f"cannot load {cfg.hub_id}/{cfg.hub_config} from the Hub: {_first_line(err)}") from None
+        raise DataError(f"cannot load {cfg.hub_id}/{cfg.hub_config} from the Hub: {first_line(err)}") from None
     return DatasetDict({k: v for k, v in loaded.items() if k in SPLIT_FILES})
 
 
 def _load_local(folder: Path) -> DatasetDict:
+    from datasets import DatasetDict
+
     if not folder.is_dir():
         raise DataError(f"data folder not found: {folder}")
     found: dict[str, datasets.Dataset] = {}
@@ -101,14 +104,24 @@ def _load_local(folder: Path) -> DatasetDict:
     return DatasetDict(found)
 
 
-def _read_file(path: Path) -> datasets.Dataset:
-    builder = FORMATS[path.suffix]
-    kwargs: dict = {}
-    if path.suffix == ".tsv":
+def table_options(path: Path) -> dict[str, Any]:
+    """``pandas.read_csv`` options for a file of pairs: a GLUE TSV (or any ``.tsv``/``.txt``) or a CSV.
+
+    UTF-8 with or without a byte-order mark; "NA" or "null" stay text (they are words in a
+    sentence). The training data (``datasets``' csv builder passes them on to pandas) and
+    ``runner.predict``'s input files are read alike.
+    """
+    if path.suffix.lower() in (".tsv", ".txt"):
         # GLUE TSVs hold unbalanced quotes: quoting must be off or rows merge.
-        kwargs = {"delimiter": "\t", "quoting": 3, "encoding": "utf-8-sig", "keep_default_na": False}
-    elif path.suffix == ".csv":
-        kwargs = {"encoding": "utf-8-sig", "keep_default_na": False}
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig", "keep_default_na": False}
+    return {"encoding": "utf-8-sig", "keep_default_na": False}
+
+
+def _read_file(path: Path) -> datasets.Dataset:
+    import datasets
+
+    builder = FORMATS[path.suffix]
+    kwargs = table_options(path) if builder == "csv" else {}
     if path.stat().st_size == 0:
         raise DataError(f"{path}: empty file")
     try:
@@ -119,7 +132,7 @@ def _read_file(path: Path) -> datasets.Dataset:
             raise DataError(f"{path}: no rows") from None
         if isinstance(cause, UnicodeDecodeError) or "codec can't decode" in str(err):
             raise DataError(f"{path}: not valid UTF-8") from None
-        raise DataError(f"{path}: cannot parse: {_first_line(cause)}") from None
+        raise DataError(f"{path}: cannot parse: {first_line(cause)}") from None
 
 
 def _normalise(split: datasets.Dataset, where: str) -> datasets.Dataset:
@@ -141,6 +154,8 @@ def _normalise(split: datasets.Dataset, where: str) -> datasets.Dataset:
         empty = [i for i, text in enumerate(split[column]) if not isinstance(text, str) or not text.strip()]
         if empty:
             raise DataError(f"{where}: {len(empty)} empty {column} value(s), first at row {empty[0] + 1}")
+    from datasets import ClassLabel
+
     return split.cast_column("label", ClassLabel(names=LABEL_NAMES))
 
 
@@ -161,8 +176,3 @@ def tokenize(data: MrpcData, tokenizer, max_length: int) -> DatasetDict:
         return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True, max_length=max_length)
 
     return data.splits.map(encode, batched=True, remove_columns=["sentence1", "sentence2"], desc="Tokenizing")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text else type(err).__name__

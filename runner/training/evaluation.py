@@ -15,30 +15,39 @@ from datasets import DatasetDict
 
 from runner.config import SweepConfig
 from runner.training.data import DataError, MrpcData, load_mrpc, tokenize
-from runner.training.train import resolve_precision, training_arguments
+from runner.training.train import training_arguments
 
 log = logging.getLogger("runner")
 
 
-def load_eval_data(cfg: SweepConfig, data_dir: str | None, with_test: bool) -> tuple[MrpcData, dict[str, int]]:
-    """Validation (sliced as in the sweep) and, when asked, the labelled test split; and every split's size."""
-    data = load_mrpc(cfg.data, data_dir, seed=cfg.train.seed)
+def load_eval_data(cfg: SweepConfig, with_test: bool) -> tuple[MrpcData, dict[str, int]]:
+    """Validation (sliced as in the sweep) and, when asked, the labelled test split; and every split's size.
+
+    The data comes from ``cfg.data.data_dir`` (resolved by the caller), else the Hub.
+    """
+    data = load_mrpc(cfg.data, cfg.data.data_dir, seed=cfg.train.seed)
     keep = ["validation", "test"] if with_test else ["validation"]
     if with_test and "test" not in data.splits:
         raise DataError(f"{data.source}: no labelled test split (expected a test file) for --eval-split test")
     return MrpcData(splits=DatasetDict({name: data.splits[name] for name in keep}), source=data.source), data.sizes()
 
 
-def _runnable(precision: str) -> str:
-    """The recorded precision if this machine can run it, else fp32 (with a warning: numbers may differ)."""
-    if precision == "fp32" or precision == resolve_precision(True):
-        return precision
-    log.warning("the trial ran in %s, which this machine cannot run: evaluating in fp32", precision)
+def runnable(recorded: str, mixed: str) -> str:
+    """The precision to evaluate in: the ``recorded`` one if this machine runs it, else fp32 (with a warning).
+
+    ``mixed`` is what mixed precision is on this machine (``resolve_precision(True)``, resolved by the caller).
+    """
+    if recorded in ("fp32", mixed):
+        return recorded
+    log.warning("the trial ran in %s, which this machine cannot run: evaluating in fp32 (numbers may differ)", recorded)
     return "fp32"
 
 
 def evaluate_folder(folder: Path, cfg: SweepConfig, data: MrpcData, precision: str, with_test: bool) -> dict:
-    """``{"validation": {eval_f1, eval_accuracy, eval_loss}, "test": {test_f1, ...}}`` for the model in ``folder``."""
+    """``{"validation": {eval_f1, eval_accuracy, eval_loss}, "test": {test_f1, ...}}`` for the model in ``folder``.
+
+    Evaluates in ``precision`` as given (see ``runnable``).
+    """
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PrinterCallback, Trainer
 
     from runner.training.metrics import compute_metrics
@@ -47,7 +56,6 @@ def evaluate_folder(folder: Path, cfg: SweepConfig, data: MrpcData, precision: s
     tokenizer = load_tokenizer(str(folder))
     model = AutoModelForSequenceClassification.from_pretrained(folder)
     tokenized = tokenize(data, tokenizer, cfg.model.max_length)
-    precision = _runnable(precision)
     scores: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="runner-eval-") as tmp:
         trainer = Trainer(

@@ -1,12 +1,15 @@
-"""``compute_metrics`` for the Trainer: accuracy and F1 through a local `evaluate` module."""
+"""``compute_metrics`` for the Trainer: accuracy and F1 through a local `evaluate` module; which score is better."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import evaluate
 import numpy as np
+
+if TYPE_CHECKING:
+    import evaluate
 
 _MODULE_DIR = Path(__file__).with_name("mrpc_metric")
 
@@ -14,7 +17,17 @@ _MODULE_DIR = Path(__file__).with_name("mrpc_metric")
 @functools.cache
 def mrpc_metric() -> evaluate.EvaluationModule:
     """The MRPC metric, loaded once per process from the package (works offline)."""
+    import evaluate  # here, not at the top: ``is_better``'s importers need no metric library
+
     return evaluate.load(str(_MODULE_DIR))
+
+
+def is_better(value: float, best: float | None, maximize: bool) -> bool:
+    """Does ``value`` beat ``best`` (None: nothing yet) in the study's direction? A tie does not.
+
+    The one rule for a trial's best epoch, the sweep's best trial so far and the model kept on disk.
+    """
+    return best is None or (value > best if maximize else value < best)
 
 
 def probabilities(logits: np.ndarray) -> np.ndarray:

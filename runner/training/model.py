@@ -12,7 +12,7 @@ from huggingface_hub import snapshot_download
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
 from runner.config import ModelConfig
-from runner.errors import ConfigError
+from runner.errors import ConfigError, first_line
 from runner.training.data import LABEL_NAMES
 from runner.training.hub import hub_available
 
@@ -63,7 +63,7 @@ def load_tokenizer(source: str):
         AutoConfig.from_pretrained(source)
         return AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as err:
-        raise ModelError(f"cannot load model {source!r}: {str(err).strip().splitlines()[0]}") from None
+        raise ModelError(f"cannot load model {source!r}: {first_line(err)}") from None
 
 
 def resolve_attention(choice: str) -> str:

@@ -21,7 +21,7 @@ import torch
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from runner.config import Hyperparameters, TrainConfig
-from runner.training.metrics import compute_metrics, probabilities
+from runner.training.metrics import compute_metrics, is_better, probabilities
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class _EpochCallback(TrainerCallback):
         self.result.epochs.append(row)
         value = row[self.metric]
         best = self.result.best_metrics.get(self.metric)
-        if best is None or (value > best if self.maximize else value < best):
+        if is_better(value, best, self.maximize):
             self.result.best_epoch, self.result.best_metrics = epoch, row
             # A CPU copy: the live weights keep changing in later epochs.
             self.result.best_state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}
@@ -209,17 +209,18 @@ def train(
     eval_dataset,
     hp: Hyperparameters,
     settings: TrainConfig,
+    precision: str,
     metric: str = "eval_f1",
     maximize: bool = True,
     on_epoch: EpochHook | None = None,
     progress: Callable[[float, int, int], None] | None = None,
 ) -> TrainResult:
-    """Fine-tune ``model``, evaluating each epoch; return the best epoch and its predictions.
+    """Fine-tune ``model`` in ``precision``, evaluating each epoch; return the best epoch and its predictions.
 
-    ``on_epoch`` sees every epoch's metrics and may stop training (pruning).
-    Raises TrainingDiverged when the loss stops being finite.
+    ``precision`` is what ``resolve_precision(hp.fp16)`` gave the caller, which records it: training
+    does not resolve it again. ``on_epoch`` sees every epoch's metrics and may stop training
+    (pruning). Raises TrainingDiverged when the loss stops being finite.
     """
-    precision = resolve_precision(hp.fp16)
     result = TrainResult(precision=precision)
     callback = _EpochCallback(result, metric, maximize, on_epoch, progress)
     # Computed once per trial: every epoch's evaluation runs in this order.

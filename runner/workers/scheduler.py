@@ -65,6 +65,10 @@ def enqueue_retries(study: optuna.Study, max_retry: int) -> list[int]:
     A retry of a retry counts against the same budget: the chain of one original trial
     gets at most ``max_retry`` reruns. Call with the study's lock held, so two workers
     do not queue the same retry.
+
+    Whether a copy was queued is read from the count of WAITING trials before and after each
+    callback: Optuna's callback returns nothing and silently queues none once the chain has
+    used its reruns. The held lock keeps other workers from taking a WAITING trial meanwhile.
     """
     if max_retry <= 0:
         return []
@@ -89,11 +93,11 @@ def enqueue_retries(study: optuna.Study, max_retry: int) -> list[int]:
 
 
 def retry_origin(trial: optuna.Trial | FrozenTrial) -> tuple[int, list[int]] | None:
-    """``(original trial number, retry history)`` of a retried trial, else None."""
-    system_attrs = trial.system_attrs
-    if "failed_trial" not in system_attrs:
+    """``(original trial number, retry history)`` of a retried trial, from Optuna's retry fields; else None."""
+    original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    if original is None:
         return None
-    return int(system_attrs["failed_trial"]), list(system_attrs.get("retry_history", []))
+    return int(original), list(RetryHeartbeatStaleTrialCallback.retry_history(trial))
 
 
 def run_until_total(

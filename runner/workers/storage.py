@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from pathlib import Path
 from types import TracebackType
 
 import optuna
 
-from runner.errors import ConfigError
-from runner.files import SQLITE_TIMEOUT_S, private_dir, use_wal
+from runner.errors import ConfigError, first_line
+from runner.files import SQLITE_TIMEOUT_S, private_dir, sqlite_file, use_wal
 from runner.redact import redact_text, redact_url
 
 log = logging.getLogger(__name__)
@@ -28,15 +27,19 @@ log = logging.getLogger(__name__)
 CONNECT_TIMEOUT_S = 5  # an unreachable database server fails fast, not after the OS's TCP timeout
 
 
+class UnknownStudy(ConfigError):
+    """The storage does not hold the study (or, for SQLite, does not exist yet)."""
+
+
 def check_storage_url(url: str) -> None:
     """Reject a malformed storage URL or a missing database driver without connecting."""
-    from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
+    parsed = _parse(url)
     try:
-        make_url(url).get_dialect()
+        parsed.get_dialect()
     except (ArgumentError, NoSuchModuleError, ValueError) as err:
-        raise ConfigError(f"invalid Optuna storage URL {redact_url(url)!r}: {redact_text(str(err))}") from None
+        raise _invalid(url, err) from None
     except ImportError as err:
         raise ConfigError(f"Optuna storage {redact_url(url)!r} needs a database driver: {err}") from None
 
@@ -54,7 +57,9 @@ def check_storage_reachable(url: str) -> None:
             pass
         engine.dispose()
     except Exception as err:  # noqa: BLE001 - each driver raises its own types
-        raise ConfigError(f"cannot connect to Optuna storage {redact_url(url)}: {_first_line(err)}") from None
+        # A driver's message may quote the URL it was given (psycopg does on a bad port).
+        why = redact_text(first_line(err))
+        raise ConfigError(f"cannot connect to Optuna storage {redact_url(url)}: {why}") from None
 
 
 def open_storage(url: str) -> optuna.storages.RDBStorage:
@@ -65,7 +70,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     """
     engine_kwargs: dict = {}
     if _backend(url) == "sqlite":
-        db = _sqlite_path(url)
+        db = sqlite_file(url)
         if db is not None:
             private_dir(db.parent)  # mlruns/ holds databases and models: 0700
             use_wal(db)
@@ -75,7 +80,8 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
-        raise ConfigError(f"cannot open Optuna storage {redact_url(url)}: {_first_line(err)}") from None
+        why = redact_text(first_line(err))  # the message may quote the URL, password included
+        raise ConfigError(f"cannot open Optuna storage {redact_url(url)}: {why}") from None
 
 
 class StudyLock:
@@ -100,8 +106,8 @@ class StudyLock:
             engine = sqlalchemy.create_engine(url, poolclass=NullPool, connect_args=_connect_args(url))
             # Autocommit: the lock belongs to the session, and no transaction is left open while it is held.
             self._conn = engine.connect().execution_options(isolation_level="AUTOCOMMIT")
-        elif backend == "sqlite" and _sqlite_path(url) is not None:
-            folder = private_dir(_sqlite_path(url).parent)
+        elif backend == "sqlite" and sqlite_file(url) is not None:
+            folder = private_dir(sqlite_file(url).parent)
             self._fd = os.open(folder, os.O_RDONLY)
         else:
             log.debug("no lock for storage %s: workers are not serialised", redact_url(url))
@@ -152,26 +158,49 @@ class StudyLock:
         self.release()
 
 
+def load_existing_study(url: str, name: str) -> optuna.Study:
+    """The study ``name`` in the storage at ``url``; creates nothing (``optuna.load_study`` would create
+    a missing SQLite file).
+
+    A missing SQLite file or an unknown name is an ``UnknownStudy`` error that lists the studies
+    the storage holds; a bad URL or server is a ConfigError.
+    """
+    check_storage_url(url)
+    db = sqlite_file(url)
+    if db is not None and not db.is_file():
+        raise UnknownStudy(f"no Optuna storage at {db}: run a sweep first, or pass --storage")
+    storage = open_storage(url)
+    names = optuna.study.get_all_study_names(storage)
+    if name not in names:
+        known = f" (known: {', '.join(sorted(names))})" if names else ""
+        raise UnknownStudy(f"unknown study {name!r} in {redact_url(url)}{known}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
 def is_shared_storage(url: str) -> bool:
     """False for storages one process alone can see (an in-memory SQLite database)."""
-    return not (_backend(url) == "sqlite" and _sqlite_path(url) is None)
+    return not (_backend(url) == "sqlite" and sqlite_file(url) is None)
+
+
+def _parse(url: str):
+    """``url`` as SQLAlchemy reads it (a ``sqlalchemy.engine.URL``); a malformed one is a ConfigError."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except (ArgumentError, ValueError) as err:
+        raise _invalid(url, err) from None
+
+
+def _invalid(url: str, err: Exception) -> ConfigError:
+    return ConfigError(f"invalid Optuna storage URL {redact_url(url)!r}: {redact_text(str(err))}")
 
 
 def _backend(url: str) -> str:
-    return url.split(":", 1)[0].split("+", 1)[0].lower()
-
-
-def _sqlite_path(url: str) -> Path | None:
-    db = url.split("///", 1)[1] if "///" in url else ""
-    db = db.split("?", 1)[0]
-    return None if db in ("", ":memory:") else Path(db)
+    """``sqlite``, ``postgresql``, ``mysql``...: the database kind, whatever the driver (``+psycopg``)."""
+    return _parse(url).get_backend_name().lower()
 
 
 def _connect_args(url: str) -> dict:
     return {"connect_timeout": CONNECT_TIMEOUT_S} if _backend(url) in ("postgresql", "mysql") else {}
-
-
-def _first_line(err: BaseException) -> str:
-    # A driver's message may quote the URL it was given (psycopg does on a bad port).
-    lines = redact_text(str(err)).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
