@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 import runner
-from runner import checkpoint as checkpoint_module
 from runner.files import private_dir
+from runner.record import checkpoint as checkpoint_module
 from runner.record.checkpoint import INFO_FILE, BestCheckpoint, folder_lock
 from runner.training.model import load_tokenizer, new_model
 
