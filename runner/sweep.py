@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from runner.cli import OneLineParser, command_name, run_command, shared_flags, sigterm_as_interrupt
+from runner.cli import OneLineParser, command_name, quiet_libraries, run_command, shared_flags, sigterm_as_interrupt
 from runner.config import (
     STORAGE_ENV,
     SweepConfig,
@@ -161,13 +161,14 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
         if args.workers is not None and args.workers > 1:
             return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv)
+        if not args.debug:
+            quiet_libraries()  # only now: quieting imports the ML libraries, which a config error must not wait for
         from runner.search.run import run_sweep
         from runner.workers.launch import apply_thread_limit
 
         apply_thread_limit()
         return run_sweep(cfg)
 
-    launcher = isinstance(args.workers, int) and args.workers > 1
     # A SIGTERM (e.g. from a job scheduler) stops like Ctrl-C: clean and resumable.
     with sigterm_as_interrupt():
         return run_command(
@@ -175,7 +176,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             work,
             args.debug,
             on_interrupt="interrupted; run the same command again to resume",
-            quiet=not launcher,  # the launcher itself trains nothing: skip importing the ML libraries
+            quiet=False,  # work() quiets the libraries once the config is valid; the launcher trains nothing
         )
 
 
