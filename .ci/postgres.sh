@@ -45,7 +45,8 @@ start_postgres() {
     # initdb and postgres refuse to run as root: run them as the package's system user.
     id postgres >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin postgres
     chown postgres "$PG_DIR"
-    run_as=(runuser -u postgres --)
+    # From its own folder: the caller's working directory (a 0700 mktemp clone, say) may be closed to it.
+    run_as=(runuser -u postgres -- env -C "$PG_DIR")
     PG_RUN_AS="${run_as[*]}"
   fi
   PG_PORT="$(_pg_free_port)"

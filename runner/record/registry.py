@@ -120,7 +120,6 @@ def load_pipeline(model_uri: str, tracking_uri: str):
     """
     import os
     import tempfile
-    from unittest import mock
 
     from mlflow.artifacts import download_artifacts
 
@@ -130,9 +129,8 @@ def load_pipeline(model_uri: str, tracking_uri: str):
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
     # MLflow's download progress bar would break predict's one-line errors; a user's own setting wins.
-    bar = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
-    quiet = {} if bar in os.environ else {bar: "false"}
-    with tempfile.TemporaryDirectory(prefix="runner-model-") as scratch, mock.patch.dict(os.environ, quiet):
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory(prefix="runner-model-") as scratch:
         try:
             root = Path(download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=tracking_uri))
         except MlflowException as err:
