@@ -96,8 +96,10 @@ def run_export(args: argparse.Namespace) -> int:
     source = Path(args.best_dir) / args.study
     out = Path(args.out) if args.out else source
     check_out(out, source, args.study)
-    trial, info = saved_trial(source, study)
-    run_id = history.trial_run_id(tracking_uri, args.study, trial)
+    outcome = confirmation(args.storage, study)
+    trial, info = saved_trial(source, study, outcome.winner.trial if outcome else None)
+    from_rerun = "confirm_trial" in info  # the kept model comes from a confirmation run, not the search run
+    run_id = info.get("run_id") if from_rerun else history.trial_run_id(tracking_uri, args.study, trial)
     if run_id is None:
         raise ConfigError(
             f"the tracking store {redact_url(tracking_uri)} has no run for trial {trial.number} of {args.study!r}"
@@ -107,9 +109,9 @@ def run_export(args: argparse.Namespace) -> int:
     if cfg.data.data_dir is None:
         # A model saved before the config held the data folder: the folder its sweep logged as a dataset input.
         cfg = resolve_data_dir(cfg, history.study_data_source(tracking_uri, args.study))
-    log.info(
-        "study %r: best trial %d (%s=%.4f), run %s", args.study, trial.number, cfg.study.metric, trial.value, run_id
-    )
+    value = float(info["value"]) if from_rerun else float(trial.value)
+    metric = cfg.study.metric
+    log.info("study %r: trial %d's configuration (%s=%.4f), run %s", args.study, trial.number, metric, value, run_id)
 
     data, sizes = evaluation.load_eval_data(cfg, args.eval_split == "test")
     record = modelcard.ExportRecord(
@@ -118,15 +120,17 @@ def run_export(args: argparse.Namespace) -> int:
         epoch=info.get("epoch"),
         run_id=run_id,
         metric=cfg.study.metric,
-        value=float(trial.value),
+        value=value,
         params=dict(trial.params),
-        precision=trial.user_attrs.get("precision", "fp32"),
-        recorded={k: float(v) for k, v in trial.user_attrs.get("best_metrics", {}).items()},
+        precision=info.get("precision") or trial.user_attrs.get("precision", "fp32"),
+        recorded=recorded_metrics(info if from_rerun else trial.user_attrs.get("best_metrics", {})),
         data_source=data.source,
         data_sizes=sizes,
         data_dir=cfg.data.data_dir,
+        confirmed=info.get("confirmed"),
+        seed=info.get("seed", cfg.train.seed),
     )
-    record.recorded.setdefault(cfg.study.metric, float(trial.value))
+    record.recorded.setdefault(cfg.study.metric, value)
     # The sweep's lock on its best-model folder (BestCheckpoint.exclusive): copy a whole model,
     # never one halfway through a swap, and swap only if no newer best arrived meanwhile.
     with folder_lock(source.parent):
@@ -155,6 +159,24 @@ def run_export(args: argparse.Namespace) -> int:
     return publish(args, tracking_uri, record, out)
 
 
+def confirmation(storage_url: str, study):
+    """The confirmation stage's outcome when one completed for ``study``, else None (export the search's best)."""
+    from runner.search.confirm import load_confirm_study, summarize
+    from runner.workers.storage import open_storage
+
+    outcome = summarize(study, load_confirm_study(open_storage(storage_url), study.study_name), "value")
+    if outcome is not None and not outcome.complete:
+        log.warning("the confirmation stage of %r is not finished: exporting the search's best trial", study.study_name)
+        return None
+    return outcome
+
+
+def recorded_metrics(source: dict) -> dict[str, float]:
+    """The validation metrics the sweep recorded at the model's best epoch (``best_metrics``, or trial.json's)."""
+    found = source.get("metrics", source)
+    return {k: float(v) for k, v in found.items() if k.startswith("eval_")}
+
+
 def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> int:
     """Log test metrics, log and register the model (once per trial), move the alias; print the summary."""
     from runner.record import registry
@@ -176,19 +198,33 @@ def publish(args: argparse.Namespace, tracking_uri: str, record, out: Path) -> i
     out_.write(
         f"exported trial {record.trial} of study {record.study!r} ({record.metric}={record.value:.4f}) to {out}\n"
     )
+    if record.confirmed:
+        out_.write(
+            f"confirmed: {record.metric} {record.confirmed_text()} "
+            "(this configuration's runs; expect this on new data)\n"
+            f"this model: {record.metric} {record.value:.4f} (the best of those runs, seed {record.seed})\n"
+        )
     val = record.validation
-    out_.write(
-        f"validation: f1 {val.get('eval_f1', float('nan')):.4f}, accuracy {val.get('eval_accuracy', float('nan')):.4f} "
-        "(matches the sweep's record)\n"
-    )
+    out_.write(f"validation: {scores_text(val, 'eval')} (matches the sweep's record)\n")
     if record.test:
         when = "" if args.eval_split == "test" else " (scored by an earlier export of this trial)"
-        out_.write(f"test: f1 {record.test['test_f1']:.4f}, accuracy {record.test['test_accuracy']:.4f}{when}\n")
+        out_.write(f"test: {scores_text(record.test, 'test')}{when}\n")
     moved = "unchanged" if previous == version else f"moved from version {previous}" if previous else "set"
     state = "new" if created else "existing, same trial"
     out_.write(f"registered model {name!r} version {version} ({state}); alias @{registry.CHAMPION_ALIAS} {moved}\n")
     out_.write(f'try it: python -m runner.predict --model "models:/{name}@{registry.CHAMPION_ALIAS}" "..." "..."\n')
     return 0
+
+
+def scores_text(scores: dict[str, float], prefix: str) -> str:
+    """``f1 0.8740 (0.851-0.896), accuracy 0.8100 (0.772-0.846)``: each score with its 95% interval when known."""
+    parts = []
+    for name in ("f1", "accuracy"):
+        key = f"{prefix}_{name}"
+        low, high = scores.get(f"{key}_ci_low"), scores.get(f"{key}_ci_high")
+        interval = f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+        parts.append(f"{name} {scores.get(key, float('nan')):.4f}{interval}")
+    return ", ".join(parts)
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:

@@ -312,6 +312,17 @@ class Stores:
         return {f.path for f in self.client.list_artifacts(run.info.run_id)}
 
 
+def skip_unless_required(reason: str, switch: str) -> None:
+    """Skip the test for want of an input, or fail it when the environment sets ``switch`` to 1.
+
+    ``.ci/run`` sets the switches (RUNNER_REQUIRE_POSTGRES, RUNNER_REQUIRE_DATA, RUNNER_REQUIRE_BROWSER) where
+    it provides the input, so CI cannot pass with the test silently skipped.
+    """
+    if os.environ.get(switch) == "1":
+        pytest.fail(f"{reason}; {switch}=1 forbids skipping")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> str:
     """A superuser URL of a real PostgreSQL server (``.ci/run`` starts one and sets RUNNER_TEST_POSTGRES_URL).
@@ -321,9 +332,7 @@ def postgres_url() -> str:
     url = os.environ.get("RUNNER_TEST_POSTGRES_URL")
     if not url:
         reason = "no PostgreSQL: set RUNNER_TEST_POSTGRES_URL to a superuser URL (.ci/run starts a server)"
-        if os.environ.get("RUNNER_REQUIRE_POSTGRES") == "1":
-            pytest.fail(reason + "; RUNNER_REQUIRE_POSTGRES=1 forbids skipping")
-        pytest.skip(reason)
+        skip_unless_required(reason, "RUNNER_REQUIRE_POSTGRES")
     return url
 
 

@@ -21,7 +21,7 @@ def run(*args: str, cwd=None, env: dict[str, str] | None = None) -> subprocess.C
     """``python ARGS`` with no tracking server or storage of the caller's leaking in."""
     base = {k: v for k, v in os.environ.items() if k not in (STORAGE_ENV, "MLFLOW_TRACKING_URI", "RUNNER_DATA_DIR")}
     return subprocess.run(
-        [sys.executable, *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=300
+        [sys.executable, *args], cwd=cwd, env={**base, **(env or {})}, capture_output=True, text=True, timeout=280
     )
 
 
@@ -34,6 +34,7 @@ def one_line(proc: subprocess.CompletedProcess) -> str:
 # --- one command, five verbs ----------------------------------------------------------------------
 
 
+@pytest.mark.e2e
 def test_runner_help_lists_the_five_commands():
     proc = run("-m", "runner", "--help")
     assert proc.returncode == 0, proc.stderr
@@ -42,6 +43,7 @@ def test_runner_help_lists_the_five_commands():
     assert listed == VERBS
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("verb", VERBS)
 def test_runner_verb_help_names_the_runner_command(verb):
     """``runner VERB --help`` shows ``runner VERB``, the command the user typed, not the module."""
@@ -51,6 +53,7 @@ def test_runner_verb_help_names_the_runner_command(verb):
     assert "python -m" not in proc.stdout.splitlines()[0]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("verb", VERBS)
 def test_python_m_verb_still_works(verb):
     proc = run("-m", f"runner.{verb}", "--help")
@@ -58,6 +61,7 @@ def test_python_m_verb_still_works(verb):
     assert proc.stdout.startswith(f"usage: python -m runner.{verb} "), proc.stdout
 
 
+@pytest.mark.e2e
 def test_an_unknown_verb_is_one_line_and_exit_2():
     proc = run("-m", "runner", "swep", "--trials", "3")
     assert proc.returncode == 2
@@ -86,6 +90,7 @@ FORMS = [(["-m", "runner", verb], f"runner {verb}", flags) for verb, flags in BA
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("command", "name", "flags"), FORMS, ids=[f"{n}-{' '.join(f)}" for _, n, f in FORMS])
 def test_a_bad_flag_is_one_line_and_exit_2(command, name, flags):
     """Every command, either form: one line naming the command and pointing at --help, no usage block."""
@@ -96,6 +101,7 @@ def test_a_bad_flag_is_one_line_and_exit_2(command, name, flags):
     assert "usage:" not in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.e2e
 def test_a_password_in_a_stray_argument_is_not_echoed():
     """argparse quotes what it did not understand: a URL given without its flag loses its password."""
     proc = run("-m", "runner", "report", "--study", "s", "postgresql://me:hunter2@db/optuna")
@@ -147,6 +153,7 @@ def test_export_and_report_storage_falls_back_to_the_environment(verb, monkeypat
     assert "from-env.db" not in parser().format_help()
 
 
+@pytest.mark.e2e
 def test_export_reads_runner_storage(tmp_path, premade_mlflow_db):
     """The real command: with $RUNNER_STORAGE naming a missing database, the error names that file."""
     missing = tmp_path / "elsewhere" / "optuna.db"

@@ -98,6 +98,7 @@ replace_dir(staging, dst)
 """
 
 
+@pytest.mark.e2e
 def test_a_sigterm_between_the_two_renames_loses_nothing(tmp_path):
     best = BestCheckpoint(tmp_path, "study", maximize=True)
     best.path.mkdir()

@@ -5,6 +5,7 @@ Example counts stay small so the suite stays fast; hypothesis keeps failing exam
 
 from __future__ import annotations
 
+import collections
 import math
 import tempfile
 from pathlib import Path
@@ -122,17 +123,51 @@ def test_arbitrary_text_and_bytes(text):
     _load_text(text)
 
 
+DOTTED_KEYS = [f"{name}.{key}" for name, keys in SECTIONS.items() for key in keys]
+VALUE_TEXTS = ["1", "0", "-3", "7", "1e-5", "0.5", "true", "null", "tpe", "median", "[1, 2]", ".inf", "x"]
+VALUE_TEXTS += ["{type: float, low: 1.0e-5, high: 1.0e-3}", "{type: int, low: 1, high: 3}", "{a: 1}"]
+override_items = st.text(max_size=40) | st.builds(
+    "{}={}".format,
+    st.sampled_from([*DOTTED_KEYS, "search_space.learning_rate", "study", "x.y.z"]) | st.text(max_size=10),
+    st.sampled_from(VALUE_TEXTS) | st.text(max_size=10),
+)
+
+
+def _outcome(load) -> tuple[str, str]:
+    """("ok", the config as JSON) or ("error", the message without its source prefix)."""
+    try:
+        return "ok", load().model_dump_json()
+    except ConfigError as err:
+        message = str(err)
+        assert message and "\n" not in message.strip(), f"not one line: {message!r}"
+        return "error", message.split(": ", 1)[-1]
+
+
+def _as_document(key: str, value) -> dict:
+    """The YAML document that says what ``--set key=value`` says: ``a.b=v`` is ``{a: {b: v}}``."""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
 @FUZZ
-@given(st.text(max_size=40))
+@given(override_items)
+@example("fixed=1")  # found by this fuzz: a top-level key named like a union tag raised IndexError
 def test_set_overrides(item):
+    """``--set key=value`` means exactly what the same key and value written in the sweep file mean."""
     try:
         key, value = parse_override(item)
-    except ConfigError:
+    except ConfigError as err:
+        assert str(err).startswith("--set "), err
         return
-    try:
-        load_config(None, {key: value})
-    except ConfigError:
-        pass
+    assert key == item.partition("=")[0].strip() and key
+    via_set = _outcome(lambda: load_config(None, {key: value}))
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "sweep.yaml"
+        # Non-ASCII escaped: written raw, a NEL (U+0085) in a key would be read back as a line break.
+        path.write_text(yaml.safe_dump(_as_document(key, value), sort_keys=False), encoding="utf-8")
+        via_file = _outcome(lambda: load_config(path))
+    assert via_set == via_file
 
 
 # --- data -------------------------------------------------------------------------
@@ -171,8 +206,19 @@ def tables(draw, clean: bool):
     return header, rows
 
 
+SPLIT_OF = {"train": "train", "dev": "validation", "validation": "validation", "test": "test"}
+PAIR_COLUMNS = {tuple(GLUE_HEADER): ("#1 String", "#2 String", "Quality"), tuple(COLUMNS): tuple(COLUMNS)}
+
+
+def _expected_rows(header: list[str], rows: list[list[str]]) -> list[tuple[str, str, int]]:
+    """(sentence1, sentence2, label) of each row of a clean table, as the loader must return them."""
+    s1, s2, label = (header.index(name) for name in PAIR_COLUMNS[tuple(header)])
+    return [(row[s1], row[s2], int(row[label])) for row in rows]
+
+
 @st.composite
 def data_folders(draw):
+    """(files, expected): a folder's files, and for a clean folder the rows each split must load as, else None."""
     clean = draw(st.booleans())  # half the folders valid, so the checks on loaded data run too
     suffix = draw(st.sampled_from([".tsv", ".csv"]))
     sep = "\t" if suffix == ".tsv" else ","
@@ -180,19 +226,26 @@ def data_folders(draw):
     encoding = draw(st.sampled_from(encodings))
     splits = [["train", "dev"], ["train", "validation"], ["train", "dev", "test"]]
     names = draw(st.sampled_from(splits if clean else [*splits, ["train"], ["dev"]]))
-    files = {}
+    files, expected = {}, {}
     for name in names:
         header, rows = draw(tables(clean))
         lines = [sep.join(header)] + [sep.join(row) for row in rows]
         if not clean and draw(st.booleans()):
             lines.insert(draw(st.integers(0, len(lines))), "")  # an empty line somewhere
         files[f"{name}{suffix}"] = "\n".join(lines).encode(encoding, "replace")
-    return files
+        if clean:
+            expected[SPLIT_OF[name]] = _expected_rows(header, rows)
+    return files, (expected if clean else None)
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(data_folders())
-def test_generated_data_folders(files):
+def _assert_labels_are_0_or_1(split) -> None:
+    """Each label is the int 0 or 1: not 1.0 or True, which a set comparison with {0, 1} would let through."""
+    labels = split["label"]
+    assert all(type(label) is int and label in (0, 1) for label in labels), labels
+
+
+def _check_folder(files: dict[str, bytes], expected: dict | None) -> str:
+    """Load one generated folder and check the result; "loaded" or "rejected" (with one line)."""
     from runner.config import DataConfig
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,25 +254,52 @@ def test_generated_data_folders(files):
         try:
             data = load_mrpc(DataConfig(), tmp, seed=0)
         except DataError as err:
+            assert expected is None, f"a valid folder was rejected: {err}"
             assert str(err).strip() and "\n" not in str(err).strip()
-            return
+            return "rejected"
     for split in data.splits.values():
         assert split.column_names == COLUMNS and len(split) > 0
-        assert set(split["label"]) <= {0, 1}
+        _assert_labels_are_0_or_1(split)
         assert all(isinstance(s, str) and s.strip() for s in [*split["sentence1"], *split["sentence2"]])
+    if expected is not None:
+        loaded = {name: list(zip(s["sentence1"], s["sentence2"], s["label"])) for name, s in data.splits.items()}
+        assert loaded == expected
+    return "loaded"
 
 
-def test_valid_glue_files_still_load(mrpc_dir):
-    """The generators' happy path exists: our fixture folder loads (a guard against a vacuous fuzz)."""
-    from runner.config import DataConfig
+def test_generated_data_folders():
+    """Every generated folder loads or is rejected in one line; a clean one loads, row for row.
 
-    data = load_mrpc(DataConfig(), str(mrpc_dir), seed=0)
-    assert data.sizes()["train"] > 0 and not math.isnan(float(data.sizes()["validation"]))
+    Afterwards, a guard against a vacuous fuzz: both outcomes occurred, so neither path went unchecked.
+    """
+    outcomes: collections.Counter[str] = collections.Counter()
+
+    @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(data_folders())
+    def check(folder):
+        outcomes[_check_folder(*folder)] += 1
+
+    check()
+    assert outcomes["loaded"] > 0 and outcomes["rejected"] > 0, outcomes
+
+
+def test_sentences_that_look_like_numbers_or_bools():
+    """Found by the fuzz above: a column whose every sentence looks like a number or a bool was read as
+    one, and this valid folder rejected ("empty sentence2 value")."""
+    files = {
+        "train.csv": b"sentence1,sentence2,label\nThe cat sat.,1.5,0\n",
+        "dev.csv": b"sentence1,sentence2,label\nA dog ran.,True,1\n",
+    }
+    expected = {"train": [("The cat sat.", "1.5", 0)], "validation": [("A dog ran.", "True", 1)]}
+    assert _check_folder(files, expected) == "loaded"
 
 
 @pytest.mark.parametrize("label", ["1.0", "True"])
 def test_labels_that_only_look_like_0_or_1(tmp_path, label):
-    """pandas reads 1.0 as a float and True as a bool; both equal 1 but are not MRPC labels."""
+    """pandas reads 1.0 as a float and True as a bool; both equal 1 but are not MRPC labels.
+
+    Either the folder is rejected, or each label comes back as the int it stands for.
+    """
     from runner.config import DataConfig
 
     for name in ("train", "dev"):
@@ -228,4 +308,5 @@ def test_labels_that_only_look_like_0_or_1(tmp_path, label):
         data = load_mrpc(DataConfig(), str(tmp_path), seed=0)
     except DataError:
         return
-    assert set(data.splits["train"]["label"]) <= {0, 1}
+    _assert_labels_are_0_or_1(data.splits["train"])
+    assert data.splits["train"]["label"] == [1, 0]

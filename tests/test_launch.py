@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
 import subprocess
@@ -49,22 +51,67 @@ time.sleep(60)
 """
 
 
-def test_sigterm_is_forwarded_to_every_worker(capsys):
+class ReadyWatch(io.TextIOBase):
+    """A stdout for the launcher's relay: keeps what is written, and tells when ``workers`` workers said ready."""
+
+    def __init__(self, workers: int):
+        super().__init__()
+        self.text = ""
+        self.workers = workers
+        self.all_ready = threading.Event()
+
+    def write(self, text: str) -> int:
+        self.text += text
+        if self.text.count("] ready\n") >= self.workers:
+            self.all_ready.set()
+        return len(text)
+
+
+def kill_groups(procs: list[subprocess.Popen]) -> None:
+    """SIGKILL each process group (a launcher starts each worker in a session of its own), then reap."""
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+def run_in_own_group(command: list[str], timeout: float, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` in a process group of its own, which is killed in the end, even on a timeout.
+
+    A launcher's workers, in sessions of their own, get SIGTERM from the kernel when it dies.
+    """
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True, **kwargs
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        kill_groups([proc])
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
+def test_sigterm_is_forwarded_to_every_worker(monkeypatch):
     """SIGTERM to the launcher reaches each worker; the launcher waits for them and exits 130."""
+    out = ReadyWatch(workers=2)
+    monkeypatch.setattr(sys, "stdout", out)  # where the launcher relays the workers' lines
     launcher = Launcher([[sys.executable, "-c", CHILD]] * 2, [{}, {}])
 
     def terminate_when_ready():
-        import time
-
-        time.sleep(3)  # both children are up and sleeping by now
-        os.kill(os.getpid(), signal.SIGTERM)
+        # The signal goes to this process, pytest itself: only once both workers run, so the launcher's
+        # handler is in place. Workers that never get ready are killed instead, and the test fails.
+        if out.all_ready.wait(60):
+            os.kill(os.getpid(), signal.SIGTERM)
+        else:
+            kill_groups(launcher.procs)
 
     threading.Thread(target=terminate_when_ready, daemon=True).start()
-    code = launcher.run()
+    try:
+        code = launcher.run()
+    finally:
+        kill_groups(launcher.procs)
     assert code == 130
     assert [p.returncode for p in launcher.procs] == [130, 130]
-    out = capsys.readouterr().out
-    assert "[worker 0] stopping cleanly" in out and "[worker 1] stopping cleanly" in out
+    assert "[worker 0] stopping cleanly" in out.text and "[worker 1] stopping cleanly" in out.text, out.text
 
 
 def test_a_failing_worker_makes_the_launcher_fail():
@@ -74,6 +121,7 @@ def test_a_failing_worker_makes_the_launcher_fail():
     assert launcher.run() == 1
 
 
+@pytest.mark.e2e
 @pytest.mark.usefixtures("premade_mlflow_db")
 def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
     """`--workers 2` on SQLite: exact total, one study run, every trial run under it, output prefixed.
@@ -86,7 +134,7 @@ def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
         "--storage=sqlite:///mlruns/shared.db",
     ]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_in_own_group(command, timeout=280, cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     threads = max(1, cpu_count() // 2)
     assert f"{threads} torch thread(s) each" in proc.stderr

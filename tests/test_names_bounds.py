@@ -54,6 +54,7 @@ BAD_NAMES = [
 ]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(("module", "args", "flag"), BAD_NAMES, ids=[" ".join(a[1:]) for _, a, _ in BAD_NAMES])
 def test_a_bad_name_is_a_one_line_error_before_any_store_is_touched(tmp_path, module, args, flag):
     result = run_module(module, *args, cwd=tmp_path)
@@ -66,6 +67,7 @@ def test_a_bad_name_is_a_one_line_error_before_any_store_is_touched(tmp_path, mo
     assert list(tmp_path.iterdir()) == [], "nothing is created"
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("module", ["runner.export", "runner.report"])
 def test_names_are_checked_before_the_ml_libraries_are_imported(tmp_path, module):
     code = (
@@ -142,6 +144,7 @@ def test_sweep_flags_go_through_the_same_bounds(sweep_yaml, flag, bound, key):
         resolve(bound + 1)
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("top", [0, MAX_TRIALS + 1])
 def test_report_top_is_bounded(tmp_path, top):
     result = run_module("runner.report", "--study", "tiny", "--top", str(top), cwd=tmp_path)

@@ -7,12 +7,15 @@ Without it the tests skip, unless ``RUNNER_REQUIRE_POSTGRES=1`` (set by ``.ci/ru
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import optuna
@@ -22,7 +25,7 @@ from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
 
-pytestmark = pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
+pytestmark = [pytest.mark.postgres, pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")]
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +57,24 @@ def tracking_server(new_database, tmp_path_factory):
         yield uri
 
 
+def run_threads(*targets, timeout: float = 120) -> None:
+    """Run each target in a thread of its own; an exception in any of them fails the test.
+
+    A bare ``threading.Thread`` would only turn it into a warning, and the other threads could still
+    reach the expected total.
+    """
+    pool = ThreadPoolExecutor(max_workers=len(targets))
+    try:
+        futures = [pool.submit(target) for target in targets]
+        done, running = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done:
+                future.result()  # raises what the thread raised
+        assert not running, f"{len(running)} thread(s) still running after {timeout} s"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
 def _client(uri):
     from mlflow.tracking import MlflowClient
 
@@ -70,6 +91,7 @@ def _runs(uri: str, study: str, role: str):
     )
 
 
+@pytest.mark.e2e
 def test_two_workers_share_one_study(tmp_path, new_database, tracking_server, sweep_yaml, mrpc_dir, tiny_model):
     """Two `runner.sweep` processes, same command: exact total, one study run, every trial run under it."""
     storage = new_database()
@@ -82,11 +104,18 @@ def test_two_workers_share_one_study(tmp_path, new_database, tracking_server, sw
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     procs = []
-    for index in range(2):
-        cwd = tmp_path / f"machine{index}"
-        cwd.mkdir()
-        procs.append(subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE))
-    results = [p.communicate(timeout=240) for p in procs]
+    try:
+        for index in range(2):
+            cwd = tmp_path / f"machine{index}"
+            cwd.mkdir()
+            pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+            procs.append(subprocess.Popen(command, cwd=cwd, env=env, start_new_session=True, **pipes))
+        results = [p.communicate(timeout=240) for p in procs]
+    finally:
+        for proc in procs:  # a worker that hung or outlived a failure, and anything it started
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
     for proc, (_, err) in zip(procs, results):
         assert proc.returncode == 0, err.decode()[-3000:]
 
@@ -119,26 +148,20 @@ def test_concurrent_setup_creates_one_study_and_one_study_run(new_database, trac
 
     storage = new_database()  # empty: the tables are created in the race too
     cfg = SweepConfig.model_validate({"study": {"name": "pg-setup", "storage": storage}})
-    barrier, run_ids, errors = threading.Barrier(4), [], []
+    barrier, run_ids = threading.Barrier(4), []
 
     def setup():
+        lock = StudyLock(storage, "pg-setup")
         try:
-            lock = StudyLock(storage, "pg-setup")
-            barrier.wait()
+            barrier.wait(timeout=60)  # not forever: a thread may have failed before reaching it
             with lock:
                 study = make_study(cfg)
                 tracker = Tracker(tracking_server, "pg-setup", "unused", system_metrics=False)
                 run_ids.append(tracker.open_study_run(study, {}))
+        finally:
             lock.close()
-        except Exception as err:  # noqa: BLE001
-            errors.append(err)
 
-    threads = [threading.Thread(target=setup) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert errors == []
+    run_threads(setup, setup, setup, setup)
     assert len(set(run_ids)) == 1 and len(run_ids) == 4
     assert len(_runs(tracking_server, "pg-setup", "study")) == 1
     assert [s.study_name for s in optuna.get_all_study_summaries(storage)] == ["pg-setup"]
@@ -163,13 +186,25 @@ def test_workers_racing_for_the_last_trials_stop_at_the_total(new_database, atte
         run_until_total(study, lambda trial: time.sleep(0.02) or 1.0, 12, lock, wait_s=0.05)
         lock.close()
 
-    threads = [threading.Thread(target=work) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    run_threads(work, work, work)
     trials = optuna.load_study(study_name="pg-race", storage=storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
+
+
+def test_the_study_lock_excludes_other_holders(new_database):
+    """Two workers' locks on one study (advisory locks on two connections): one holder at a time."""
+    from runner.workers.storage import StudyLock
+
+    storage = new_database()
+    first, second = StudyLock(storage, "pg-lock"), StudyLock(storage, "pg-lock")
+    try:
+        first.acquire()
+        assert not second.try_acquire()
+        first.release()
+        assert second.try_acquire()
+        assert not first.try_acquire()
+    finally:
+        first.close(), second.close()
 
 
 def test_the_server_refuses_a_connection_without_the_password(postgres_url, tmp_path, monkeypatch):

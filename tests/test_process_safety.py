@@ -219,6 +219,7 @@ def wait_gone(processes: list[psutil.Process], within: float = 15) -> list[psuti
     return [p for p in processes if alive(p)]
 
 
+@pytest.mark.e2e
 def test_sighup_is_passed_on_and_the_workers_stop_cleanly():
     """The terminal closes: each worker gets SIGTERM (its clean stop), and the launcher waits for them."""
     launcher = LauncherProcess(2)
@@ -233,6 +234,7 @@ def test_sighup_is_passed_on_and_the_workers_stop_cleanly():
         launcher.kill_all()
 
 
+@pytest.mark.e2e
 def test_workers_end_when_their_launcher_is_killed():
     """SIGKILL to the launcher (nothing it can pass on): the kernel stops its workers."""
     launcher = LauncherProcess(2)

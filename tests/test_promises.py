@@ -7,6 +7,7 @@ validation scores are scripted, epoch by epoch, through the evaluation's metric 
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import textwrap
@@ -121,6 +122,7 @@ print(code, ",".join(heavy) or "-")
 """
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "argv",
     [
@@ -143,3 +145,125 @@ def test_config_errors_come_back_before_any_heavy_import(argv):
     assert heavy == "-", f"imported on a config error: {heavy}"
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("runner.sweep: error: "), proc.stderr
+
+
+def test_a_collapsed_trial_is_flagged_on_its_run_and_a_healthy_one_is_not(run_sweep, store, monkeypatch):
+    """A model that predicts one class for every pair gets ``runner.collapsed``; one that predicts both does not."""
+    import numpy as np
+
+    real = runner.training.train.probabilities
+    outputs = iter(["one class", "both classes"])
+
+    def scripted(logits):
+        probs = real(logits)
+        if next(outputs) == "one class":
+            return np.tile([0.2, 0.8], (len(probs), 1))  # "equivalent" for every pair
+        half = np.arange(len(probs)) % 2
+        return np.stack([half, 1 - half], axis=1).astype(float)
+
+    monkeypatch.setattr(runner.training.train, "probabilities", scripted)
+    result = run_sweep("--trials", "2", "--set", "search_space.num_train_epochs=1")
+    assert result.code == 0, result.err
+    collapsed, healthy = store.children()
+    assert collapsed.data.tags["runner.collapsed"] == "predicts only class 1 (majority-class baseline)"
+    assert "runner.collapsed" not in healthy.data.tags
+
+
+def _sweep_command(sweep_yaml, mrpc_dir, tiny_model, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "runner.sweep",
+        *("--config", str(sweep_yaml), "--data-dir", str(mrpc_dir), "--model", str(tiny_model)),
+        "--no-system-metrics",
+        *extra,
+    ]
+
+
+def _run_until(command: list[str], cwd, marker: str, sig: int, timeout: float = 200) -> str:
+    """Start ``command`` in a process group of its own, send ``sig`` once ``marker`` is on stderr; the stderr read."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    seen = []
+    try:
+        deadline = time.monotonic() + timeout
+        for line in proc.stderr:
+            seen.append(line)
+            if marker in line:
+                os.killpg(proc.pid, sig)
+                break
+            assert time.monotonic() < deadline, "".join(seen[-20:])
+        else:
+            pytest.fail(f"{marker!r} never appeared:\n" + "".join(seen[-20:]))
+        proc.wait(timeout=60)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return "".join(seen)
+
+
+@pytest.mark.e2e
+def test_kill_9_mid_trial_then_the_same_command_finishes_the_study(tmp_path, sweep_yaml, mrpc_dir, tiny_model):
+    """SIGKILL a real sweep after its first epoch; the same command again settles the dead trial and finishes."""
+    import json
+    import signal
+
+    import optuna
+    from conftest import Stores
+
+    # 5 epochs: the kill lands after epoch 1, long before the trial could end.
+    epochs = ("--set", "search_space.num_train_epochs=5")
+    command = _sweep_command(sweep_yaml, mrpc_dir, tiny_model, "--trials", "2", *epochs)
+    _run_until(command, tmp_path, "trial 0 epoch 1/5", signal.SIGKILL)
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    store = Stores(tmp_path)
+    states = [t.state for t in store.study().trials]
+    assert states == [optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.COMPLETE]
+    runs = {int(r.data.tags["optuna.trial_number"]): r for r in store.children()}
+    assert runs[0].info.status == "FAILED" and runs[0].data.tags["optuna.state"] == "FAIL"
+    assert "died" in runs[0].data.tags["runner.error"]
+    assert all(runs[n].info.status == "FINISHED" for n in (1, 2))
+    assert store.parent().info.status == "FINISHED"
+    best = tmp_path / "mlruns" / "best"
+    kept = json.loads((best / "tiny" / "trial.json").read_text())
+    assert kept["trial"] == store.study().best_trial.number
+    assert [p.name for p in best.iterdir()] == ["tiny"], "no staging folder left behind"
+
+
+@pytest.mark.e2e
+def test_sigterm_mid_epoch_to_two_workers_then_the_same_command_finishes(tmp_path, sweep_yaml, mrpc_dir, tiny_model):
+    """SIGTERM to a real ``--workers 2`` run mid-epoch: exit 130, nothing RUNNING, and the rerun reaches the total."""
+    import signal
+
+    import optuna
+    from conftest import Stores
+
+    command = _sweep_command(
+        sweep_yaml, mrpc_dir, tiny_model, "--workers", "2", "--trials", "3", "--set", "search_space.num_train_epochs=5"
+    )
+    _run_until(command, tmp_path, "epoch 1/5", signal.SIGTERM)
+    store = Stores(tmp_path)
+    first = store.study().trials
+    assert first and all(t.state != optuna.trial.TrialState.RUNNING for t in first), "each worker recorded its stop"
+    assert all(r.info.status != "RUNNING" for r in store.children())
+
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert again.returncode == 0, again.stderr[-3000:]
+    trials = store.study().trials
+    finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    assert len(finished) == 3, "exactly the total, across both runs"
+    assert store.parent().info.status == "FINISHED"

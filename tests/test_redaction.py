@@ -113,6 +113,7 @@ def _run(module: str, *args: str, env: dict[str, str] | None = None, cwd: Path |
     )
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     "storage",
     [
@@ -128,6 +129,7 @@ def test_storage_errors_print_no_password(tmp_path, sweep_yaml, storage):
     assert "runner@127.0.0.1" in result.stderr
 
 
+@pytest.mark.e2e
 def test_tracking_uri_from_the_environment_prints_no_password(tmp_path, sweep_yaml):
     env = {"MLFLOW_TRACKING_URI": f"http://runner:{SECRET}@127.0.0.1:9"}
     result = _run("runner.sweep", "--config", str(sweep_yaml), env=env, cwd=tmp_path)
@@ -136,6 +138,7 @@ def test_tracking_uri_from_the_environment_prints_no_password(tmp_path, sweep_ya
     assert "http://runner@127.0.0.1:9" in result.stderr
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("command", ["runner.export", "runner.report"])
 def test_compare_and_ship_commands_print_no_password(tmp_path, command):
     env = {"MLFLOW_TRACKING_URI": f"http://runner:{SECRET}@127.0.0.1:9"}

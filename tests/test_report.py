@@ -1,9 +1,12 @@
-"""runner.report: one row per trial from MLflow, best first, pruned and failed shown; plots; several studies."""
+"""runner.report: one row per trial from MLflow, best first, pruned and failed shown; plots; several studies;
+scores with their intervals, ties with the best, and the confirmed table."""
 
 from __future__ import annotations
 
 import io
 import json
+import re
+import statistics
 
 import optuna
 import pandas as pd
@@ -13,9 +16,25 @@ from optuna.distributions import FloatDistribution, IntDistribution
 from runner.report import main as report_main
 
 COLUMNS = [
-    "study", "trial", "state", "learning_rate", "num_train_epochs",
-    "precision", "best_f1", "accuracy", "best_epoch", "train_s", "note",
+    "study", "trial", "state", "learning_rate", "num_train_epochs", "precision",
+    "best_f1", "f1_ci_low", "f1_ci_high", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "vs_best",
+    "best_epoch", "train_s", "note",
 ]  # fmt: skip
+# The table format: each score and its interval in one cell, so no bound columns.
+TEXT_COLUMNS = [
+    "trial", "state", "learning_rate", "num_train_epochs", "precision",
+    "best_f1", "accuracy", "vs_best", "best_epoch", "train_s", "note",
+]  # fmt: skip
+VERDICTS = {"best", "tied", "worse"}  # runner.tied_with_best
+INTERVAL = re.compile(r"(\d\.\d{4}) \((\d\.\d{3})-(\d\.\d{3})\)")
+CONFIRM = (
+    "--set",
+    "study.confirm.top_k=2",
+    "--set",
+    "study.confirm.seeds=1",
+    "--set",
+    "search_space.num_train_epochs=1",
+)
 SPACE = {"learning_rate": FloatDistribution(1e-4, 1e-3, log=True), "num_train_epochs": IntDistribution(1, 2)}
 
 
@@ -72,8 +91,11 @@ def test_every_trial_is_a_row_best_first_in_every_format(run_sweep, store, tmp_p
     code, out, _ = report(capsys, "--study", "tiny")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 5
-    assert lines[0].split() == COLUMNS[1:-1] + ["note"]
+    assert lines[0].split() == TEXT_COLUMNS
     assert "PRUNED" in lines[3] and "FAIL" in lines[4]
+    # The sweep's trials carry an interval; the pruned one, logged without, shows its score alone.
+    assert all(len(INTERVAL.findall(line)) == 2 for line in lines[1:3])
+    assert "0.2500" in lines[3] and "(" not in lines[3]
 
     code, out, _ = report(capsys, "--study", "tiny", "--format", "markdown", "--top", "2")
     lines = out.strip().splitlines()
@@ -139,3 +161,118 @@ def test_an_unknown_study_is_a_one_line_error(tmp_path, monkeypatch, capsys, pre
     code, out, err = report(capsys, "--study", "nope")
     assert code == 2 and err.count("\n") == 1 and "'nope'" in err and "known: tiny" in err
     assert out == ""
+
+
+def interval_rows(text: str) -> dict[int, list[tuple[float, float, float]]]:
+    """Trial number -> the (score, low, high) cells of its row in the table format."""
+    found = {}
+    for line in text.splitlines():
+        cells = INTERVAL.findall(line)
+        if cells and line.split()[0].isdigit():
+            found[int(line.split()[0])] = [tuple(map(float, cell)) for cell in cells]
+    return found
+
+
+def test_intervals_ties_and_the_confirmed_table(run_sweep, store, capsys, premade_mlflow_db):
+    result = run_sweep("--trials", "3", *CONFIRM)
+    assert result.code == 0, result.err
+    trials = {int(r.data.tags["optuna.trial_number"]): r for r in store.children()}
+    confirms = store.runs(role="confirm")
+    parent = store.parent().data.metrics
+    assert len(trials) == 3 and len(confirms) == 2
+
+    code, out, err = report(capsys, "--study", "tiny")
+    assert code == 0, err
+    head, title, rest = out.partition("confirmed configurations")
+    assert title, out
+    # Every trial row: F1 and accuracy, each inside its interval, as the trial's run recorded them.
+    rows = interval_rows(head)
+    assert set(rows) == set(trials)
+    for number, cells in rows.items():
+        metrics = trials[number].data.metrics
+        for (score, low, high), name in zip(cells, ("eval_f1", "eval_accuracy"), strict=True):
+            assert low - 5e-4 <= score <= high + 5e-4, (number, name, cells)
+            assert score == pytest.approx(metrics[f"best_{name}"], abs=5e-5)
+            assert (low, high) == pytest.approx(
+                (metrics[f"best_{name}_ci_low"], metrics[f"best_{name}_ci_high"]), abs=5e-4
+            )
+    # The note (a collapsed model) may follow: find the mark by its words, not its place.
+    row_marks = {int(line.split()[0]): VERDICTS.intersection(line.split()) for line in head.splitlines()[1:] if line}
+    assert all(len(found) == 1 for found in row_marks.values()), row_marks
+    marks = {number: found.pop() for number, found in row_marks.items()}
+    assert list(marks.values()).count("best") == 1 and set(marks.values()) <= {"best", "tied", "worse"}
+    assert marks == {n: r.data.tags["runner.tied_with_best"] for n, r in trials.items()}
+    (best,) = [n for n, mark in marks.items() if mark == "best"]
+    assert trials[best].data.metrics["best_eval_f1"] == max(r.data.metrics["best_eval_f1"] for r in trials.values())
+
+    # The confirmed table: one row per configuration, its search run and its confirmation run.
+    winner = int(parent["confirmed_trial"])
+    table = [line.split() for line in rest.splitlines()[2:4]]
+    assert {int(cells[0]) for cells in table} == {int(r.data.tags["runner.confirms"]) for r in confirms}
+    assert [cells[2] for cells in table] == ["2", "2"]
+    assert [cells[0] for cells in table if cells[-1] == "winner"] == [str(winner)]
+    verdict = rest.splitlines()[4]
+    assert verdict == (
+        f"confirmed winner: trial {winner}, f1 {parent['confirmed_mean_eval_f1']:.4f} ± "
+        f"{parent['confirmed_sd_eval_f1']:.4f} over 2 runs; search best {parent['search_best_eval_f1']:.4f}; "
+        f"optimism gap {parent['optimism_gap_eval_f1']:+.4f}"
+    )
+
+    code, out, err = report(capsys, "--study", "tiny", "--format", "json")
+    assert code == 0, err
+    found = json.loads(out)
+    assert set(found) == {"trials", "confirmed"} and len(found["trials"]) == 3
+    for row in found["trials"]:
+        assert row["f1_ci_low"] <= row["best_f1"] <= row["f1_ci_high"]
+        assert row["accuracy_ci_low"] <= row["accuracy"] <= row["accuracy_ci_high"]
+    assert len(found["confirmed"]) == 2
+    for row in found["confirmed"]:
+        (again,) = [r for r in confirms if int(r.data.tags["runner.confirms"]) == row["trial"]]
+        values = [trials[row["trial"]].data.metrics["best_eval_f1"], again.data.metrics["best_eval_f1"]]
+        assert row["runs"] == 2 and row["winner"] == (row["trial"] == winner)
+        assert isinstance(row["mean"], float) and isinstance(row["sd"], float)
+        assert row["mean"] == pytest.approx(statistics.fmean(values))
+        assert row["sd"] == pytest.approx(statistics.stdev(values))
+        assert (row["min"], row["max"]) == pytest.approx((min(values), max(values)))
+        assert row["learning_rate"] == pytest.approx(float(trials[row["trial"]].data.params["learning_rate"]))
+    (won,) = [row for row in found["confirmed"] if row["winner"]]
+    assert won["mean"] == pytest.approx(parent["confirmed_mean_eval_f1"])
+
+    code, out, err = report(capsys, "--study", "tiny", "--format", "csv")
+    table = pd.read_csv(io.StringIO(out))
+    assert code == 0, err
+    assert len(table) == 3 and "mean" not in table.columns and table["f1_ci_low"].dtype == float
+    assert sorted(table["vs_best"]) == sorted(marks.values())
+
+    code, out, err = report(capsys, "--study", "tiny", "--format", "markdown")
+    assert code == 0, err
+    assert out.count("| trial | learning_rate | runs | mean ± sd |") == 1 and out.count("<- winner") == 1
+
+
+def test_a_store_from_before_intervals_and_ties_still_renders(tmp_path, monkeypatch, capsys, premade_mlflow_db):
+    """Runs logged with their scores alone (no interval, no tie tag, no confirmation) render as before."""
+    from runner.record.runs import Tracker
+
+    monkeypatch.chdir(tmp_path)
+    tracker = Tracker("sqlite:///mlruns/mlflow.db", "tiny", str(tmp_path / "mlruns" / "artifacts"), False)
+    tracker.open_study_run(optuna.create_study(study_name="tiny"), {})
+    for number, (rate, f1) in enumerate([(1e-4, 0.6), (3e-4, 0.8)]):
+        with tracker.trial_run("tiny", number, {"learning_rate": rate, "precision": "fp32"}) as run:
+            run.log_metrics({"best_eval_f1": f1, "best_eval_accuracy": f1 - 0.1, "best_epoch": 1})
+
+    code, out, err = report(capsys, "--study", "tiny")
+    lines = out.strip().splitlines()
+    assert code == 0, err
+    assert lines[0].split() == ["trial", "state", "learning_rate", "precision", "best_f1", "accuracy", "vs_best"] + [
+        "best_epoch",
+        "train_s",
+        "note",
+    ]
+    assert lines[1].split()[:6] == ["1", "COMPLETE", "3.00e-04", "fp32", "0.8000", "0.7000"]
+    assert lines[2].split()[:6] == ["0", "COMPLETE", "1.00e-04", "fp32", "0.6000", "0.5000"]
+    assert "(" not in out and "confirmed" not in out and len(lines) == 3
+
+    code, out, err = report(capsys, "--study", "tiny", "--format", "json")
+    rows = json.loads(out)
+    assert code == 0 and isinstance(rows, list) and [r["best_f1"] for r in rows] == [0.8, 0.6]
+    assert all(r["f1_ci_low"] is None and r["accuracy_ci_high"] is None and r["vs_best"] == "" for r in rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import optuna
 import pytest
@@ -26,12 +27,22 @@ def _study(url: str, name: str = "s") -> optuna.Study:
     return optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True)
 
 
-def _threads(target, n: int) -> None:
-    threads = [threading.Thread(target=target) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+def run_threads(*targets, timeout: float = 120) -> None:
+    """Run each target in a thread of its own; an exception in any of them fails the test.
+
+    A bare ``threading.Thread`` would only turn it into a warning, and the other threads could still
+    reach the expected total.
+    """
+    pool = ThreadPoolExecutor(max_workers=len(targets))
+    try:
+        futures = [pool.submit(target) for target in targets]
+        done, running = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done:
+                future.result()  # raises what the thread raised
+        assert not running, f"{len(running)} thread(s) still running after {timeout} s"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def test_sqlite_storage_uses_wal(storage_url, tmp_path):
@@ -43,23 +54,19 @@ def test_sqlite_storage_uses_wal(storage_url, tmp_path):
 
 
 def test_study_lock_excludes_other_holders(storage_url):
-    """Two locks on one study (two workers): the second waits until the first is released."""
+    """Two locks on one study (two workers): while one holds it, the other cannot take it; after release it can."""
     first, second = StudyLock(storage_url, "s"), StudyLock(storage_url, "s")
-    events = []
-    first.acquire()
-
-    def take():
-        with second:
-            events.append("second")
-
-    thread = threading.Thread(target=take)
-    thread.start()
-    time.sleep(0.3)
-    events.append("first releases")
-    first.release()
-    thread.join(timeout=10)
-    assert events == ["first releases", "second"]
-    first.close(), second.close()
+    try:
+        first.acquire()
+        assert not second.try_acquire()
+        first.release()
+        assert second.try_acquire()
+        assert not first.try_acquire()
+        second.release()
+        with first:  # the blocking acquire gets a free lock at once
+            assert not second.try_acquire()
+    finally:
+        first.close(), second.close()
 
 
 def test_workers_stop_at_exactly_the_total(storage_url):
@@ -71,7 +78,7 @@ def test_workers_stop_at_exactly_the_total(storage_url):
         run_until_total(_study(storage_url), lambda trial: 1.0, 9, lock, wait_s=0.05)
         lock.close()
 
-    _threads(work, 3)
+    run_threads(work, work, work)
     assert [t.state for t in _study(storage_url).trials] == [TrialState.COMPLETE] * 9
 
 
@@ -100,11 +107,7 @@ def test_a_waiting_worker_takes_over_the_slot_of_a_failed_trial(storage_url):
         run_until_total(_study(storage_url), lambda trial: 1.0, 2, lock, wait_s=0.05)
         lock.close()
 
-    threads = [threading.Thread(target=worker_a), threading.Thread(target=worker_b)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=60)
+    run_threads(worker_a, worker_b, timeout=60)
     states = [t.state for t in _study(storage_url).trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE]
 

@@ -58,6 +58,7 @@ def _every_byte(folder: Path) -> bytes:
     return b"\n".join(path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file())
 
 
+@pytest.mark.e2e
 def test_no_password_anywhere_after_sweep_and_export(
     tmp_path, secret_database, mlflow_server, sweep_yaml, mrpc_dir, tiny_model
 ):
@@ -74,7 +75,7 @@ def test_no_password_anywhere_after_sweep_and_export(
     outputs = []
     for command in (["runner.sweep", *sweep], ["runner.export", *common, "--data-dir", str(mrpc_dir)]):
         result = subprocess.run(
-            [sys.executable, "-m", *command], cwd=machine, env=env, capture_output=True, timeout=600
+            [sys.executable, "-m", *command], cwd=machine, env=env, capture_output=True, timeout=280
         )
         assert result.returncode == 0, result.stderr.decode()[-3000:]
         outputs += [result.stdout, result.stderr]
@@ -95,6 +96,7 @@ def test_no_password_anywhere_after_sweep_and_export(
     assert b"runner_secret_" in places["the MLflow server's database and artifacts"]
 
 
+@pytest.mark.e2e
 def test_password_only_in_pgpassword_is_enough(tmp_path, secret_database, sweep_yaml, mrpc_dir, tiny_model):
     """The README's way to keep a password off the command line: the URL names no password at all."""
     storage = secret_database.render_as_string(hide_password=False)
@@ -102,12 +104,12 @@ def test_password_only_in_pgpassword_is_enough(tmp_path, secret_database, sweep_
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PGPASSWORD": STORAGE_SECRET}
     command = [sys.executable, "-m", "runner.sweep", "--config", str(sweep_yaml), "--data-dir", str(mrpc_dir)]
     command += ["--model", str(tiny_model), "--no-system-metrics", "--trials", "1", "--study", "pgpass"]
-    result = subprocess.run([*command, "--storage", storage], cwd=tmp_path, env=env, capture_output=True, timeout=600)
+    result = subprocess.run([*command, "--storage", storage], cwd=tmp_path, env=env, capture_output=True, timeout=280)
     assert result.returncode == 0, result.stderr.decode()[-3000:]
     # And the password is really needed: without it the server refuses, in one line.
     env.pop("PGPASSWORD")
     env["PGPASSFILE"] = str(tmp_path / "no-such-pgpass")
-    refused = subprocess.run([*command, "--storage", storage], cwd=tmp_path, env=env, capture_output=True, timeout=600)
+    refused = subprocess.run([*command, "--storage", storage], cwd=tmp_path, env=env, capture_output=True, timeout=280)
     assert refused.returncode == 2
     assert len(refused.stderr.decode().strip().splitlines()) == 1, refused.stderr.decode()
     assert "password" in refused.stderr.decode().lower()

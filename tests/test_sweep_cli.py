@@ -186,6 +186,7 @@ def test_config_errors_exit_2_and_write_nothing(run_sweep, tmp_path, args):
     assert written == []
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize(
     ("yaml_text", "flags", "expected"),
     [
@@ -200,7 +201,7 @@ def test_cli_subprocess_config_error(tmp_path, yaml_text, flags, expected):
         (tmp_path / "bad.yaml").write_text(yaml_text, encoding="utf-8")
         flags = ["--config", "bad.yaml"]
     proc = subprocess.run(
-        [sys.executable, "-m", "runner.sweep", *flags], cwd=tmp_path, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "runner.sweep", *flags], cwd=tmp_path, capture_output=True, text=True, timeout=280
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr

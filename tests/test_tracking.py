@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import optuna
 import pytest
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from runner.errors import ConfigError
+from runner.record import runs
 from runner.record.runs import STUDY_RUN_ATTR, Tracker
 from runner.record.store import TrackingError, check_reachable
 
@@ -118,13 +121,30 @@ class _no_error:
         return False
 
 
-def test_trial_run_with_system_metrics(tracking_uri, tmp_path):
-    """The system-metrics monitor starts and stops with the trial's run without changing its outcome."""
+def _system_metrics(client, run_id: str, within_s: float) -> list[str]:
+    """The run's system/* metric keys, polled for up to ``within_s`` seconds until there is one."""
+    deadline = time.monotonic() + within_s
+    while True:
+        keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith("system/"))
+        if keys or time.monotonic() > deadline:
+            return keys
+        time.sleep(0.1)
+
+
+def test_trial_run_with_system_metrics(tracking_uri, tmp_path, monkeypatch):
+    """The monitor samples while the trial's run is open, and starts and stops without changing its outcome.
+
+    With a 0.5 s interval the first sample lands well within 5 s; the default 10 s interval would not.
+    """
+    monkeypatch.setattr(runs, "SYSTEM_METRICS_INTERVAL_S", 0.5)
     tracker = Tracker(tracking_uri, "system-metrics", str(tmp_path / "artifacts"), system_metrics=True)
     tracker.open_study_run(optuna.create_study(study_name="s"), {})
     with tracker.trial_run("s", 0, {"a": 1}) as run:
         run.log_metrics({"eval_f1": 0.5}, step=1)
-    assert tracker.client.get_run(run.run_id).info.status == "FINISHED"
+        sampled = _system_metrics(tracker.client, run.run_id, within_s=5)
+    assert "system/cpu_utilization_percentage" in sampled, sampled
+    finished = tracker.client.get_run(run.run_id)
+    assert finished.info.status == "FINISHED" and finished.data.metrics["eval_f1"] == 0.5
 
 
 def test_many_and_long_params(tracker, study_run):

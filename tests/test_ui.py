@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import re
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
+from conftest import skip_unless_required
 
 from runner.ui import main as ui_main
 
@@ -36,10 +38,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL whatever is left of the process group ``proc`` leads (started with ``start_new_session``)."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # the group is gone already
+    proc.wait()
+
+
 def chromium(url: str, profile: Path, budget_ms: int, *extra: str) -> subprocess.CompletedProcess:
     """One headless Chromium run with a fresh profile; virtual time lets the JS app fetch and render."""
     command = [CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--virtual-time-budget={budget_ms}", *extra]
-    return subprocess.run([*command, url], capture_output=True, text=True, timeout=240)
+    proc = subprocess.Popen(
+        [*command, url], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+    )
+    try:
+        out, err = proc.communicate(timeout=240)
+    finally:
+        kill_group(proc)  # Chromium's helper processes too, also when it timed out
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def visible_text(dom: str) -> str:
@@ -57,7 +75,18 @@ def rendered_text(url: str, tmp_path: Path, expected: list[str]) -> str:
     return text
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (apt-get install chromium)")
+@pytest.fixture(scope="session")  # session: checked before the session fixtures that take seconds
+def browser() -> str:
+    """Headless Chromium's path; skips without it, unless ``RUNNER_REQUIRE_BROWSER=1`` (set by ``.ci/run``)."""
+    if CHROMIUM is None:
+        reason = "Debian's chromium is not installed (apt-get install chromium)"
+        skip_unless_required(reason, "RUNNER_REQUIRE_BROWSER")
+    return CHROMIUM
+
+
+@pytest.mark.ui
+@pytest.mark.e2e
+@pytest.mark.usefixtures("browser")
 def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep, store, tmp_path, premade_mlflow_db):
     assert run_sweep("--trials", "2").code == 0
     trials = store.children()
@@ -69,6 +98,7 @@ def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # a group of its own, to kill whatever is left of it in the end
     )
     try:
         printed = []
@@ -99,7 +129,10 @@ def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep
         print(f"screenshot: {screenshot}")
     finally:
         server.send_signal(signal.SIGINT)
-        code = server.wait(timeout=60)
+        try:
+            code = server.wait(timeout=60)
+        finally:
+            kill_group(server)
         err = server.stderr.read()
     assert code == 0, err
     assert "runner.ui: stopped" in err

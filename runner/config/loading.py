@@ -132,13 +132,14 @@ def format_errors(err: ValidationError) -> str:
     """Join pydantic's errors into one line: ``path: problem; path: problem``."""
     parts = []
     for e in err.errors():
-        loc = [_printable(p) for p in e["loc"] if not _is_union_tag(p)]
+        # A union's tag is never the first part: a top-level key named "fixed" is the user's key.
+        loc = [_printable(p) for i, p in enumerate(e["loc"]) if not (i and _is_union_tag(p))]
         path = ".".join(loc)
         if e["type"] == "extra_forbidden":
             parts.append(f"{path}: unknown key{did_you_mean(loc[-1], _valid_keys(loc[:-1]))}")
             continue
         msg = e["msg"].removeprefix("Value error, ")
-        if "fixed" in e["loc"]:
+        if "fixed" in e["loc"][1:]:
             msg = "expected a fixed value or a mapping with type: float, int or categorical"
         elif isinstance(e.get("input"), str) and looks_numeric(e["input"]):
             msg += " (remove the quotes around the number)"

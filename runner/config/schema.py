@@ -61,6 +61,23 @@ class Hyperparameters(_Strict):
 SEARCHABLE = tuple(Hyperparameters.model_fields)
 
 
+# Configurations re-trained by the confirmation stage, and re-runs of each: a few of each is what
+# tells a real difference from a lucky seed; more is hours of CPU time per sweep.
+MAX_CONFIRM_TOP_K = 20
+MAX_CONFIRM_SEEDS = 20
+
+
+class ConfirmConfig(_Strict):
+    """The confirmation stage: after the search, re-train the best configurations with new seeds.
+
+    The winner is then the configuration with the best mean over its runs, not the luckiest
+    single run. ``top_k: 0`` turns the stage off.
+    """
+
+    top_k: Annotated[int, Field(ge=0, le=MAX_CONFIRM_TOP_K)] = 0
+    seeds: Annotated[int, Field(gt=0, le=MAX_CONFIRM_SEEDS)] = 2
+
+
 class StudyConfig(_Strict):
     """The Optuna study: what is optimised, how trials are proposed and pruned."""
 
@@ -82,6 +99,7 @@ class StudyConfig(_Strict):
     # Rerun a trial whose worker crashed or was stopped up to this many times, with the same
     # params. Trials that raised (a NaN loss, a bad batch size) would fail the same way again.
     retry_failed: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
+    confirm: ConfirmConfig = ConfirmConfig()
 
 
 class ModelConfig(_Strict):

@@ -80,6 +80,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
             **{name: frame[f"params_{name}"] for name in params},
             "precision": attr("precision"),
             "accuracy": [b.get("eval_accuracy") if isinstance(b, dict) else None for b in attr("best_metrics")],
+            # The best epoch's 95% bootstrap interval on F1 (runner.training.bootstrap).
+            **{
+                f"f1_ci_{side}": [i["eval_f1"][end] if isinstance(i, dict) else None for i in attr("intervals")]
+                for end, side in enumerate(("low", "high"))
+            },
             "best_epoch": attr("best_epoch"),
             "epochs_run": attr("epochs_run"),
             "seconds": [round(d.total_seconds(), 1) if pd.notna(d) else None for d in frame["duration"]],

@@ -131,6 +131,33 @@ class BestCheckpoint:
         """
         return folder_lock(self.path.parent)
 
+    def promote(self, candidate: BestCheckpoint, trial: int, confirmed: dict[str, Any]) -> bool:
+        """Keep the winning configuration's best run here, with the confirmed result in its trial.json.
+
+        After a confirmation stage the kept model must come from the configuration with the best
+        mean (search trial ``trial``), not from the luckiest single run. The better of the two
+        is kept: this folder (when it already holds that configuration, from its search run or
+        an earlier promotion) or ``candidate`` (its best confirmation run), which is moved here.
+        Returns False when no model of the winner was kept (all its confirmation runs failed and
+        its search run was not the best). Safe to call from every worker: the first one moves
+        the candidate, the others find it gone.
+        """
+        with self.exclusive():
+            held, offered = self.current(), candidate.current()
+            holds_winner = held is not None and held.get("trial") == trial
+            take = offered is not None and (
+                not holds_winner or is_better(offered["value"], held["value"], self.maximize)
+            )
+            if take:
+                _write_info(candidate.path, {**offered, "confirmed": confirmed})
+                replace_dir(candidate.path, self.path)
+                log.info("kept the confirmed winner's best run (%.4f) in %s", offered["value"], self.path)
+            elif holds_winner:
+                _write_info(self.path, {**held, "confirmed": confirmed})
+            else:
+                log.warning("no model of the confirmed winner (trial %d) was kept: %s holds another", trial, self.path)
+            return take or holds_winner
+
     def _offer(self, model, tokenizer, value: float, info: dict[str, Any], config_yaml: str) -> bool:
         if not self.is_better(value):
             return False
@@ -146,6 +173,13 @@ class BestCheckpoint:
             shutil.rmtree(staging, ignore_errors=True)  # gone already when the swap went through
         log.info("new best model (%.4f) saved to %s", value, self.path)
         return True
+
+
+def _write_info(folder: Path, info: dict[str, Any]) -> None:
+    """Rewrite ``folder``'s trial.json in one rename: a reader sees the old file or the new one."""
+    tmp = folder / f".{INFO_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(info, indent=2, default=str), encoding="utf-8")
+    tmp.replace(folder / INFO_FILE)
 
 
 def replace_dir(src: Path, dst: Path) -> None:

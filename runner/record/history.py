@@ -88,6 +88,24 @@ def search_trial_runs(tracking_uri: str, study: str):
     )
 
 
+def search_confirm_runs(tracking_uri: str, study: str):
+    """The confirmation stage as MLflow recorded it: (its runs, the study run's metrics).
+
+    The runs: every confirmation run (``runner.role=confirm``) as a pandas DataFrame, one row per run,
+    like ``search_trial_runs``. The metrics: the study run's (``confirmed_trial``, ``confirmed_mean_*``,
+    ``optimism_gap_*``...), read together because the runs alone do not say which configuration won.
+    """
+    experiment_id = study_experiment_id(tracking_uri, study)
+    mlflow.set_tracking_uri(tracking_uri)
+    runs = mlflow.search_runs(
+        experiment_ids=[experiment_id], filter_string="tags.`runner.role` = 'confirm'", output_format="pandas"
+    )
+    parent = mlflow_client(tracking_uri).search_runs(
+        [experiment_id], filter_string="tags.`runner.role` = 'study'", max_results=1
+    )
+    return runs, dict(parent[0].data.metrics) if parent else {}
+
+
 def searched_param_names(tracking_uri: str, study: str) -> list[str] | None:
     """The searched hyperparameters, as the study run records them (tags ``best_trial.params.*``), or None."""
     runs = mlflow_client(tracking_uri).search_runs(

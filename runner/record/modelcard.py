@@ -38,6 +38,10 @@ class ExportRecord:
     data_dir: str | None
     validation: dict[str, float] = field(default_factory=dict)  # re-evaluated after export
     test: dict[str, float] = field(default_factory=dict)
+    # The confirmation stage's result for this configuration (mean, sd, runs, search_best,
+    # optimism_gap), when one ran; ``value`` is then this model's own validation score.
+    confirmed: dict[str, Any] | None = None
+    seed: int | None = None  # the training seed of the run this model comes from
 
     def to_json(self) -> dict[str, Any]:
         """The content of metrics.json."""
@@ -53,8 +57,15 @@ class ExportRecord:
             "validation_recorded": self.recorded,
             "validation": self.validation,
             **({"test": self.test} if self.test else {}),
+            **({"confirmed": self.confirmed} if self.confirmed else {}),
+            **({"seed": self.seed} if self.seed is not None else {}),
             "data": {"source": self.data_source, "sizes": self.data_sizes},
         }
+
+    def confirmed_text(self) -> str:
+        """``0.8812 ± 0.0061 over 3 runs``, or "" when no confirmation stage ran."""
+        c = self.confirmed
+        return f"{c['mean']:.4f} ± {c['sd']:.4f} over {c['runs']} runs" if c else ""
 
 
 def _yaml_value(value: Any) -> str:
@@ -82,8 +93,16 @@ def write_metrics(record: ExportRecord, folder: Path) -> Path:
 
 
 def _metric_row(name: str, values: dict[str, float], prefix: str) -> str:
-    cells = [f"{values[f'{prefix}_{k}']:.4f}" if f"{prefix}_{k}" in values else "" for k in SHOWN_METRICS]
+    cells = [_with_interval(values, f"{prefix}_{k}") for k in SHOWN_METRICS]
     return f"| {name} | " + " | ".join(cells) + " |"
+
+
+def _with_interval(values: dict[str, float], key: str) -> str:
+    if key not in values:
+        return ""
+    low, high = values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
+    interval = f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else ""
+    return f"{values[key]:.4f}{interval}"
 
 
 def card_data(record: ExportRecord, cfg: SweepConfig) -> ModelCardData:
@@ -129,13 +148,30 @@ def write_model_card(record: ExportRecord, cfg: SweepConfig, folder: Path, final
     rows.append(_metric_row("validation (re-evaluated export)", record.validation, "eval"))
     if record.test:
         rows.append(_metric_row("test", record.test, "test"))
+    if record.confirmed:
+        c = record.confirmed
+        gap = c.get("optimism_gap")
+        curse = (
+            f" The search's single best run scored {c['search_best']:.4f}, {gap:+.4f} above its own"
+            " configuration's mean: the selection's optimism."
+            if gap is not None
+            else ""
+        )
+        selection = f"""Configuration of trial {record.trial} of the Optuna study `{record.study}`, the winner of
+its confirmation stage: validation `{record.metric}` {record.confirmed_text()} (the search run
+and re-runs with new seeds). This model is the best of those runs (seed {record.seed}, epoch
+{record.epoch}): its own validation `{record.metric}` is {record.value:.4f}. Expect the
+confirmed mean on new data, not this model's own score.{curse}"""
+    else:
+        selection = f"""Best epoch ({record.epoch}) of the best trial ({record.trial}) of the Optuna study
+`{record.study}`, selected on validation `{record.metric}` = {record.value:.4f} (a single run: the
+best of many, so expect less on new data)."""
     body = f"""
 # {record.study}: trial {record.trial}
 
 Fine-tuned `{base}` for GLUE MRPC paraphrase detection: given two sentences,
 `equivalent` or `not_equivalent` (labels {dict(enumerate(LABEL_NAMES))}).
-Best epoch ({record.epoch}) of the best trial ({record.trial}) of the Optuna study
-`{record.study}`, selected on validation `{record.metric}` = {record.value:.4f}.
+{selection}
 Trained in {record.precision}; MLflow run `{record.run_id}`.
 
 ## Data
@@ -150,6 +186,8 @@ MRPC is licensed by Microsoft Research for non-commercial use.
 Everything else is in `runner_config.yaml` (the resolved sweep config).
 
 ## Metrics
+Scores with their 95% bootstrap interval over the evaluated pairs, where measured.
+
 | split | F1 | accuracy | loss |
 |---|---|---|---|
 {chr(10).join(rows)}

@@ -40,6 +40,8 @@ STUDY_RUN_ATTR = "mlflow_run_id"  # Optuna study user attr that remembers the pa
 
 DEFAULT_ARTIFACTS = TrackingConfig().artifact_location
 
+SYSTEM_METRICS_INTERVAL_S = 10  # seconds between samples of a trial run's system/* metrics
+
 
 def _artifact_uri(location: str) -> str:
     return location if urlparse(location).scheme not in ("", "file") else Path(location).resolve().as_uri()
@@ -130,20 +132,29 @@ class Tracker:
 
     @contextmanager
     def trial_run(
-        self, study_name: str, trial_number: int, params: dict[str, Any], tags: dict[str, str] | None = None
+        self,
+        study_name: str,
+        trial_number: int,
+        params: dict[str, Any],
+        tags: dict[str, str] | None = None,
+        role: str = "trial",
+        run_name: str | None = None,
     ) -> Iterator[TrialRun]:
         """A child run for one trial; its status follows how the block ends.
 
-        ``tags`` go on the run besides its own (a retry's links, from ``link_retry``).
+        ``tags`` go on the run besides its own (a retry's links, from ``link_retry``). ``role`` is
+        ``trial`` for a search trial (``runner.phase=search``) or ``confirm`` for a confirmation
+        run (``runner.phase=confirm``; its ``optuna.trial_number`` is in the confirmation study).
         Returns normally -> FINISHED/COMPLETE; ``optuna.TrialPruned`` -> KILLED/PRUNED;
         Ctrl-C -> KILLED/FAIL (interrupted); any other exception -> FAILED/FAIL.
         """
         run = self.client.create_run(
             self.experiment_id,
-            run_name=f"trial-{trial_number:03d}",
+            run_name=run_name or f"trial-{trial_number:03d}",
             tags={
                 MLFLOW_PARENT_RUN_ID: self.study_run_id,
-                "runner.role": "trial",
+                "runner.role": role,
+                "runner.phase": "confirm" if role == "confirm" else "search",
                 "runner.study": study_name,
                 "optuna.trial_number": str(trial_number),
                 "optuna.state": "RUNNING",
@@ -196,19 +207,25 @@ class Tracker:
         return trial_run_id(self.tracking_uri, study_name, trial)
 
     def _start_system_metrics(self, run_id: str):
+        """A started monitor that logs system/* metrics to the run every SYSTEM_METRICS_INTERVAL_S; None when off.
+
+        The interval is read at each call, so a test can shorten it.
+        """
         if not self.system_metrics:
             return None
         from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
-        monitor = SystemMetricsMonitor(run_id, sampling_interval=10, tracking_uri=self.tracking_uri)
+        monitor = SystemMetricsMonitor(
+            run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=self.tracking_uri
+        )
         monitor.start()
         return monitor
 
-    def settle_orphans(self, study_name: str, live_numbers: set[int]) -> int:
-        """Mark trial runs left RUNNING by a dead process as FAILED; returns how many."""
+    def settle_orphans(self, study_name: str, live_numbers: set[int], role: str = "trial") -> int:
+        """Mark runs of ``role`` (trial or confirm) left RUNNING by a dead process as FAILED; returns how many."""
         runs = self.client.search_runs(
             [self.experiment_id],
-            filter_string=f"tags.`runner.role` = 'trial' and tags.`runner.study` = '{study_name}' "
+            filter_string=f"tags.`runner.role` = '{role}' and tags.`runner.study` = '{study_name}' "
             "and attributes.status = 'RUNNING'",
         )
         settled = 0

@@ -23,14 +23,26 @@ class ExportFailed(WorkFailed):
     """The export could not be completed or verified (exit 1)."""
 
 
-def saved_trial(source: Path, study):
-    """The trial whose model the sweep kept in ``source`` (the best, or one tied with it) and its trial.json."""
+def saved_trial(source: Path, study, confirmed_winner: int | None = None):
+    """The search trial whose configuration the sweep kept in ``source``, and its trial.json.
+
+    Without a confirmation stage that is the study's best trial (or one tied with it). After
+    one (``confirmed_winner``: the winning configuration's search trial), it is the winner,
+    and trial.json says so (its ``confirmed`` entry).
+    """
     try:
         info = json.loads((source / INFO_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         raise ConfigError(f"no saved model for this study in {source} (missing {INFO_FILE}): pass --best-dir") from None
-    best = study.best_trial
     number = info.get("trial")
+    if confirmed_winner is not None:
+        if number != confirmed_winner or not info.get("confirmed"):
+            raise ExportFailed(
+                f"{source} holds trial {number} but the confirmation stage's winner is trial {confirmed_winner}: "
+                "the folder is stale (rerun the sweep's command to keep the winner)"
+            )
+        return study.trials[number], info
+    best = study.best_trial
     if number != best.number and not (isinstance(number, int) and study.trials[number].value == best.value):
         raise ExportFailed(
             f"{source} holds trial {number} ({info.get('value')}) but the study's best is trial "

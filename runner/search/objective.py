@@ -2,7 +2,10 @@
 
 Reports to Optuna once per epoch with step = epoch number, so the pruner compares
 trials at the same point whatever their batch size, and returns the best epoch's
-metric, not the last one's.
+metric, not the last one's. Each run logs a bootstrap interval on its best epoch's
+scores. A confirmation run (``Objective.confirm``) trains a search trial's
+configuration again with a new seed, is never pruned, and offers its model to that
+configuration's candidate folder instead of the study's best-model folder.
 """
 
 from __future__ import annotations
@@ -13,16 +16,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 
-from runner.config import SweepConfig, to_yaml
+from runner.config import Hyperparameters, SweepConfig, to_yaml
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
 from runner.record.history import TRIAL_RUN_ATTR
 from runner.record.runs import Tracker
 from runner.redact import redact_text
+from runner.search.confirm import JOB_ATTR, candidate_checkpoint
 from runner.search.progress import SweepProgress
 from runner.search.space import suggest
+from runner.training import bootstrap
 from runner.training.data import MrpcData
 from runner.training.model import attention_dropout, new_model, resolve_attention
 from runner.training.train import resolve_precision, train
@@ -31,6 +37,15 @@ from runner.workers import worker
 log = logging.getLogger(__name__)
 
 PER_EPOCH_METRICS = ("eval_accuracy", "eval_f1", "eval_loss", "train_loss")
+
+
+@dataclass(frozen=True)
+class Role:
+    """What a run is for: a search ``trial`` or a ``confirm`` run of search trial ``config_trial``."""
+
+    kind: str
+    run_name: str | None
+    config_trial: int  # the search trial whose configuration this is (itself, for a search trial)
 
 
 @dataclass
@@ -47,18 +62,33 @@ class Objective:
     progress: SweepProgress
 
     def __call__(self, trial: optuna.Trial, run_tags: dict[str, str] | None = None) -> float:
-        """Train one trial and return its value; ``run_tags`` go on its MLflow run (a retry's links)."""
+        """Train one search trial and return its value; ``run_tags`` go on its MLflow run (a retry's links)."""
         hp = suggest(trial, self.cfg)
+        shown = {k: getattr(hp, k) for k in self.cfg.searched()}
+        return self._attempt(trial, hp, self.cfg.train.seed, run_tags or {}, shown, Role("trial", None, trial.number))
+
+    def confirm(self, trial: optuna.Trial) -> float:
+        """Re-train the configuration of the job ``trial`` claimed, with the job's seed; never pruned."""
+        job = trial.user_attrs[JOB_ATTR]
+        confirms, seed = int(job["confirms"]), int(job["seed"])
+        hp = Hyperparameters(**{**self.cfg.fixed_hyperparameters(), **job["params"]})
+        role = Role("confirm", f"confirm-{confirms:03d}-seed-{seed}", confirms)
+        shown = {"repeats trial": confirms, "seed": seed}
+        return self._attempt(trial, hp, seed, {"runner.confirms": str(confirms)}, shown, role)
+
+    def _attempt(self, trial: optuna.Trial, hp: Hyperparameters, seed: int, tags, shown, role: Role) -> float:
         # Resolved once per trial: the run's param, the trial's attr and the training all use this one.
         precision = resolve_precision(hp.fp16)
         trial.set_user_attr("precision", precision)
         trial.set_user_attr("worker", worker.current())
-        params = {**hp.model_dump(), **self.fixed_params(), "precision": precision}
-        self.progress.trial_started(trial.number, {k: getattr(hp, k) for k in self.cfg.searched()})
+        params = {**hp.model_dump(), **self.fixed_params(seed), "precision": precision}
+        self.progress.trial_started(trial.number, shown)
         try:
-            with self.tracker.trial_run(self.cfg.study.name, trial.number, params, run_tags) as run:
+            with self.tracker.trial_run(
+                self.cfg.study.name, trial.number, params, tags, role=role.kind, run_name=role.run_name
+            ) as run:
                 trial.set_user_attr(TRIAL_RUN_ATTR, run.run_id)
-                value = self._run(trial, hp, precision, run)
+                value = self._run(trial, hp, precision, run, seed, role)
         except optuna.TrialPruned:
             self.progress.trial_finished(
                 trial.number, "PRUNED", None, f" at epoch {trial.user_attrs.get('epochs_run')}"
@@ -68,20 +98,23 @@ class Objective:
             _free_accelerator_memory()  # an out-of-memory trial must not starve the next one
             # Stored in the Optuna study: an error quoting a URL must not carry its password there.
             trial.set_user_attr("error", redact_text(f"{type(err).__name__}: {err}")[:500])
-            log.error("trial %d failed: %s: %s", trial.number, type(err).__name__, err)
+            log.error("%s %d failed: %s: %s", self.progress.kind, trial.number, type(err).__name__, err)
             self.progress.trial_finished(trial.number, "FAIL", None)
             raise
         self.progress.trial_finished(trial.number, "COMPLETE", value)
         return value
 
-    def fixed_params(self) -> dict[str, Any]:
-        """Settings shared by every trial, logged with each so a run stands on its own."""
+    def fixed_params(self, seed: int | None = None) -> dict[str, Any]:
+        """Settings shared by every trial, logged with each so a run stands on its own.
+
+        ``seed`` is the run's training seed: ``train.seed`` for search trials, a new one per confirmation run.
+        """
         return {
             "model": self.cfg.model.name,
             "max_length": self.cfg.model.max_length,
             "attn_implementation": resolve_attention(self.cfg.model.attn_implementation),
             "attention_dropout": attention_dropout(self.model_source, self.cfg.model)[1],
-            "seed": self.cfg.train.seed,
+            "seed": self.cfg.train.seed if seed is None else seed,
             "per_device_eval_batch_size": self.cfg.train.per_device_eval_batch_size,
             "group_by_length": self.cfg.train.group_by_length,
             "lr_scheduler_type": self.cfg.train.lr_scheduler_type,
@@ -90,26 +123,30 @@ class Objective:
             "eval_samples": len(self.tokenized["validation"]),
         }
 
-    def _run(self, trial: optuna.Trial, hp, precision: str, run) -> float:
+    def _run(self, trial: optuna.Trial, hp, precision: str, run, seed: int, role: Role) -> float:
         metric = self.cfg.study.metric
         maximize = self.cfg.study.direction == "maximize"
+        prunable = role.kind == "trial"
 
         def on_epoch(epoch: int, row: dict[str, float]) -> bool:
             run.log_metrics({k: row[k] for k in PER_EPOCH_METRICS if k in row}, step=epoch)
             self.progress.epoch(trial.number, epoch, hp.num_train_epochs, row)
             trial.set_user_attr("epochs_run", epoch)
+            if not prunable:  # a confirmation run measures the configuration: it always runs to the end
+                return False
             trial.report(row[metric], step=epoch)
             # Pruning after the last epoch would only throw away a finished result.
             return epoch < hp.num_train_epochs and trial.should_prune()
 
-        model = new_model(self.model_source, self.cfg.train.seed, self.cfg.model)
+        settings = self.cfg.train.model_copy(update={"seed": seed})  # the seed orders the data, too
+        model = new_model(self.model_source, seed, self.cfg.model)
         result = train(
             model,
             self.tokenizer,
             self.tokenized["train"],
             self.tokenized["validation"],
             hp,
-            self.cfg.train,
+            settings,
             precision=precision,
             metric=metric,
             maximize=maximize,
@@ -122,6 +159,7 @@ class Objective:
         summary = {f"best_{metric}": best[metric], "best_epoch": result.best_epoch}
         summary |= {f"best_{k}": best[k] for k in ("eval_accuracy", "eval_f1") if k in best and k != metric}
         summary |= {"train_runtime": result.train_runtime, "train_samples_per_second": result.train_samples_per_second}
+        summary |= self._intervals(trial, result.probabilities)
         run.log_metrics(summary)
         with tempfile.TemporaryDirectory() as tmp:
             files = [artifacts.write_json(result.log_history, Path(tmp) / "log_history.json")]
@@ -131,21 +169,39 @@ class Objective:
         if result.stopped_at_epoch is not None:
             raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at_epoch}")
         self._flag_collapse(result.probabilities, run)
-        self.checkpoint.offer(
-            model,
-            self.tokenizer,
-            best[metric],
-            {
-                "study": self.cfg.study.name,
-                "trial": trial.number,
-                "epoch": result.best_epoch,
-                "run_id": run.run_id,
-                "params": hp.model_dump(),
-                "metrics": best,
-            },
-            to_yaml(self.cfg),
-        )
+        info = {
+            "study": self.cfg.study.name,
+            "trial": role.config_trial,
+            "epoch": result.best_epoch,
+            "run_id": run.run_id,
+            "params": hp.model_dump(),
+            "metrics": best,
+            "precision": precision,
+        }
+        if role.kind == "confirm":
+            info |= {"confirm_trial": trial.number, "seed": seed}
+        checkpoint = self.checkpoint if role.kind == "trial" else candidate_checkpoint(self.cfg, role.config_trial)
+        checkpoint.offer(model, self.tokenizer, best[metric], info, to_yaml(self.cfg))
         return best[metric]
+
+    def _intervals(self, trial: optuna.Trial, probs) -> dict[str, float]:
+        """95% bootstrap intervals of the best epoch's accuracy and F1, from its validation predictions.
+
+        The predictions are kept on the trial (a compact string): the end of the sweep compares
+        trials pair by pair on them (``runner.search.ties``).
+        """
+        if probs is None:
+            return {}
+        labels = np.asarray(self.data.splits["validation"]["label"])
+        predictions = probs.argmax(axis=-1)
+        found = bootstrap.intervals(labels, predictions)
+        trial.set_user_attr("predictions", bootstrap.encode(predictions))
+        trial.set_user_attr("intervals", {k: [low, high] for k, (_, low, high) in found.items()})
+        return {
+            f"best_{k}_ci_{side}": bound
+            for k, (_, low, high) in found.items()
+            for side, bound in (("low", low), ("high", high))
+        }
 
     def _prediction_files(self, number: int, probs, tmp: Path) -> list[Path]:
         eval_split = self.data.splits["validation"]

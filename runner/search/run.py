@@ -7,9 +7,11 @@ together they finish exactly ``study.n_trials`` trials under one MLflow study ru
 from __future__ import annotations
 
 import logging
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -18,6 +20,17 @@ from runner.errors import ConfigError, WorkFailed
 from runner.record.checkpoint import BestCheckpoint
 from runner.record.runs import Tracker
 from runner.record.store import check_reachable
+from runner.search.confirm import (
+    Confirmation,
+    candidate_checkpoint,
+    candidates_root,
+    claimer,
+    confirmed_info,
+    done_counter,
+    make_plan,
+    open_confirm_study,
+    summarize,
+)
 from runner.search.guard import FailureGuard
 from runner.search.objective import Objective
 from runner.search.progress import SweepProgress
@@ -88,18 +101,25 @@ def run_sweep(cfg: SweepConfig) -> int:
                 settle_stale(study, tracker)
             checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
             checkpoint.remove_leftovers()
-            guard = optimize(study, cfg, inputs, tracker, checkpoint, lock)
+            objective, guard = optimize(study, cfg, inputs, tracker, checkpoint, lock)
+            if not guard.tripped and cfg.study.confirm.top_k > 0:
+                guard = confirm_stage(study, cfg, objective, checkpoint, lock)
             status = "FAILED" if guard.tripped else "FINISHED"
         finally:
-            finish_study_run(study, tracker, cfg, status)
+            finish_study_run(study, tracker, cfg, status, validation_labels(inputs))
     finally:
         lock.close()
     if guard.tripped:
         raise SweepFailed(
             f"stopped: {len(guard.errors)} of {guard.attempts} trials failed; most common error: {guard.common_error()}"
         )
-    print_summary(study, cfg, checkpoint)
+    print_summary(study, cfg, checkpoint, validation_labels(inputs))
     return 0
+
+
+def validation_labels(inputs: Inputs) -> np.ndarray:
+    """The labels of the validation pairs every trial is scored on, in row order."""
+    return np.asarray(inputs.data.splits["validation"]["label"])
 
 
 def _open_lock(cfg: SweepConfig) -> StudyLock:
@@ -116,7 +136,7 @@ def optimize(
     tracker: Tracker,
     checkpoint: BestCheckpoint,
     lock: StudyLock,
-) -> FailureGuard:
+) -> tuple[Objective, FailureGuard]:
     """Run trials until the study has ``n_trials`` finished ones (across all workers) or too many fail."""
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     progress = SweepProgress(cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize")
@@ -156,4 +176,54 @@ def optimize(
         should_stop=lambda: guard.tripped,
         retry_failed=cfg.study.retry_failed,
     )
+    return objective, guard
+
+
+def confirm_stage(
+    study: optuna.Study, cfg: SweepConfig, objective: Objective, checkpoint: BestCheckpoint, lock: StudyLock
+) -> FailureGuard:
+    """Re-train the ``top_k`` best configurations ``seeds`` times each (across all workers), then keep the winner.
+
+    Runs after the search reached its total. The jobs are split through the same lock and
+    scheduler as the search's trials (see runner.search.confirm); the last worker to see
+    the stage complete makes the winner's best run the kept model.
+    """
+    with lock:
+        confirm = open_confirm_study(cfg)
+        plan = make_plan(study, confirm, cfg)
+    is_done = done_counter(plan)
+    done = sum(is_done(t) for t in confirm.get_trials(deepcopy=False))
+    maximize = cfg.study.direction == "maximize"
+    objective.progress = SweepProgress(len(plan), done, cfg.study.metric, maximize, kind="confirmation")
+    configs = sorted({job.confirms for job in plan})
+    log.info(
+        "confirmation: %d configuration(s) (search trials %s) x %d new seed(s): %d/%d runs done",
+        len(configs),
+        ", ".join(map(str, configs)),
+        cfg.study.confirm.seeds,
+        done,
+        len(plan),
+    )
+    guard = FailureGuard(cfg.study.max_failure_rate)
+    run_until_total(
+        confirm,
+        objective.confirm,
+        len(plan),
+        lock,
+        callbacks=[guard],
+        should_stop=lambda: guard.tripped,
+        is_done=is_done,
+        claim=claimer(confirm, plan),
+    )
+    outcome = summarize(study, confirm, cfg.study.metric)
+    if not guard.tripped and outcome is not None and outcome.complete:
+        keep_winner(cfg, checkpoint, outcome)
     return guard
+
+
+def keep_winner(cfg: SweepConfig, checkpoint: BestCheckpoint, outcome: Confirmation) -> None:
+    """Make the winning configuration's best run the study's kept model, and drop the other candidates."""
+    winner = outcome.winner.trial
+    checkpoint.promote(candidate_checkpoint(cfg, winner), winner, confirmed_info(outcome))
+    with checkpoint.exclusive():
+        shutil.rmtree(candidates_root(cfg), ignore_errors=True)

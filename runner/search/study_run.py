@@ -1,4 +1,8 @@
-"""The study's MLflow parent run: how to reproduce it (at the start), and its results (at the end)."""
+"""The study's MLflow parent run: how to reproduce it (at the start), and its results (at the end).
+
+The results: the best trial, which trials are tied with it, and the confirmation stage's outcome
+(``confirmed_*`` and ``optimism_gap_*`` metrics, ``confirmed.csv``).
+"""
 
 from __future__ import annotations
 
@@ -9,15 +13,20 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import optuna
+import pandas as pd
 from optuna.trial import TrialState
 
 from runner.config import SweepConfig, to_yaml
 from runner.record import artifacts
 from runner.record.runs import Tracker
 from runner.redact import redact_argv, redact_url
+from runner.search.confirm import done_counter, load_confirm_study, stored_plan, summarize
+from runner.search.ties import TIED, tie_marks
 from runner.workers.scheduler import FINISHED
 from runner.workers.settle import running_elsewhere
+from runner.workers.storage import open_storage
 
 log = logging.getLogger("runner")
 
@@ -50,13 +59,18 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, status: str) -> None:
-    """Config, trials table, best trial and plots on the study run, then end it.
+def finish_study_run(
+    study: optuna.Study, tracker: Tracker, cfg: SweepConfig, status: str, labels: np.ndarray | None = None
+) -> None:
+    """Config, trials table, best trial, ties, confirmation and plots on the study run, then end it.
 
+    ``labels`` are the validation labels the trials were scored on: with them each complete trial's
+    run is tagged ``runner.tied_with_best`` (best, tied or worse, by a paired bootstrap).
     With several workers the last one to stop ends it: a worker that stops while
     trials of other live workers still run leaves it RUNNING (each worker records
     its own trial's end before it looks, so the last to look sees none running).
     """
+    confirm = load_confirm_study(open_storage(cfg.study.storage), study.study_name)
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -71,6 +85,16 @@ def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, st
                 run_id = tracker.trial_run_id(study.study_name, best) or ""
                 tags |= {"best_trial.number": best.number, "best_trial.run_id": run_id}
                 tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
+                if labels is not None:
+                    metrics |= _mark_ties(study, tracker, labels, cfg.study.metric)
+            outcome = summarize(study, confirm, cfg.study.metric)
+            if outcome is not None:
+                done = sum(map(done_counter(stored_plan(confirm)), confirm.get_trials(deepcopy=False)))
+                tags["runner.confirm_runs_done"] = f"{done}/{len(stored_plan(confirm))}"
+                pd.DataFrame(outcome.table()).to_csv(folder / "confirmed.csv", index=False)
+                files.append(folder / "confirmed.csv")
+                if outcome.complete:
+                    metrics |= outcome.metrics()
             tracker.update_study_run(metrics, tags, files)
     finally:
         # A sibling worker killed during this sweep: its trial was failed in Optuna by the
@@ -78,7 +102,22 @@ def finish_study_run(study: optuna.Study, tracker: Tracker, cfg: SweepConfig, st
         live = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
         tracker.settle_orphans(study.study_name, live)
         others = running_elsewhere(study)
+        if confirm is not None:
+            live = {t.number for t in confirm.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+            tracker.settle_orphans(study.study_name, live, role="confirm")
+            others += [f"confirmation {n}" for n in running_elsewhere(confirm)]
         if others:
             log.info("study run left open: trial(s) %s still running on other workers", ", ".join(map(str, others)))
         else:
             tracker.close_study_run(status)
+
+
+def _mark_ties(study: optuna.Study, tracker: Tracker, labels: np.ndarray, metric: str) -> dict[str, float]:
+    """Tag each complete trial's run with how it compares to the best; returns the count of ties."""
+    marks = tie_marks(study, labels, metric)
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    for number, mark in marks.items():
+        run_id = tracker.trial_run_id(study.study_name, trials[number])
+        if run_id:
+            tracker.client.set_tag(run_id, "runner.tied_with_best", mark)
+    return {"trials_tied_with_best": sum(mark == TIED for mark in marks.values())} if marks else {}

@@ -1,28 +1,83 @@
-"""The end-of-sweep summary on stdout: the trials table and where to look next."""
+"""The end-of-sweep summary on stdout: the trials table, the ties, the confirmation, and where to look next."""
 
 from __future__ import annotations
 
 import collections
 import sys
 
+import numpy as np
 import optuna
+import pandas as pd
 
 from runner.config import SweepConfig, TrackingConfig
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
 from runner.redact import redact_url
+from runner.search.confirm import Confirmation, load_confirm_study, summarize
+from runner.search.ties import tie_marks
+from runner.workers.storage import open_storage
 
 
-def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpoint) -> None:
-    """The trials table and where to look next, on stdout."""
+def with_interval(value: float | None, low: float | None, high: float | None) -> str:
+    """``0.874 (0.851-0.896)``: a score and its 95% interval, or the score alone when it has none."""
+    if value is None or pd.isna(value):
+        return ""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return f"{value:.4f}"
+    return f"{value:.4f} ({low:.3f}-{high:.3f})"
+
+
+def trials_view(study: optuna.Study, labels: np.ndarray | None, metric: str) -> pd.DataFrame:
+    """The trials table as shown: the value with its interval (F1) and how it compares to the best."""
     table = artifacts.trials_table(study)
+    if table.empty:
+        return table
+    if metric == "eval_f1":
+        rows = zip(table["value"], table["f1_ci_low"], table["f1_ci_high"], strict=True)
+        table["value"] = [with_interval(*row) for row in rows]
+    marks = tie_marks(study, labels, metric) if labels is not None else {}
+    if marks:
+        table.insert(3, "vs_best", [marks.get(n, "") for n in table["trial"]])
+    return table.drop(columns=["f1_ci_low", "f1_ci_high"])
+
+
+def confirmation_view(outcome: Confirmation) -> pd.DataFrame:
+    """One row per confirmed configuration: runs, mean ± sd, min and max; the winner first-marked."""
+    rows = pd.DataFrame(outcome.table())
+    spread = [f"{m:.4f} ± {s:.4f}" for m, s in zip(rows.pop("mean"), rows.pop("sd"), strict=True)]
+    rows.insert(rows.columns.get_loc("min"), "mean ± sd", spread)
+    for column in ("min", "max"):
+        rows[column] = rows[column].map("{:.4f}".format)
+    rows["winner"] = rows["winner"].map({True: "<- winner", False: ""})
+    return rows
+
+
+def print_summary(
+    study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpoint, labels: np.ndarray | None = None
+) -> None:
+    """The trials table, the confirmation table and where to look next, on stdout."""
     out = sys.stdout
-    out.write("\n" + table.to_string(index=False) + "\n\n")
+    metric = cfg.study.metric
+    out.write("\n" + trials_view(study, labels, metric).to_string(index=False) + "\n\n")
     states = collections.Counter(t.state.name for t in study.trials)
     out.write("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + "\n")
     if states.get("COMPLETE"):
         best = study.best_trial
-        out.write(f"best: trial {best.number}, {cfg.study.metric}={best.value:.4f}, params {best.params}\n")
+        low, high = best.user_attrs.get("intervals", {}).get(metric, (None, None))
+        score = with_interval(best.value, low, high)
+        out.write(f"search best: trial {best.number}, {metric}={score}, params {best.params}\n")
+        marks = tie_marks(study, labels, metric) if labels is not None else {}
+        tied = sorted(n for n, mark in marks.items() if mark == "tied")
+        if tied:
+            out.write(
+                f"tied with it (paired bootstrap on the same validation pairs, 95%): trial(s) "
+                f"{', '.join(map(str, tied))}\n"
+            )
+        outcome = summarize(study, load_confirm_study(open_storage(cfg.study.storage), study.study_name), metric)
+        if outcome is not None:
+            out.write("\nconfirmation (each configuration's search run and its re-runs with new seeds):\n")
+            out.write(confirmation_view(outcome).to_string(index=False) + "\n")
+            _write_verdict(out, outcome)
         out.write(f"best model: {checkpoint.path}  (ship it: python -m runner.export --study {cfg.study.name})\n")
     flags = (
         ""
@@ -32,3 +87,17 @@ def print_summary(study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpo
     out.write(
         f"compare the runs: python -m runner.ui{flags}  or  python -m runner.report --study {cfg.study.name}{flags}\n"
     )
+
+
+def _write_verdict(out, outcome: Confirmation) -> None:
+    w = outcome.winner
+    m = outcome.metric
+    state = "" if outcome.complete else " (stage not finished: some runs are missing)"
+    out.write(f"confirmed winner: trial {w.trial}'s configuration, {m} {w.mean:.4f} ± {w.sd:.4f} over {w.runs} runs")
+    out.write(f"{state}\n")
+    gap = outcome.optimism_gap
+    if gap is not None:
+        out.write(
+            f"search best {outcome.search_best.value:.4f} (trial {outcome.search_best.number}); optimism gap "
+            f"{gap:+.4f} (its single run above its own mean: the winner's curse)\n"
+        )

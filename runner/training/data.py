@@ -104,6 +104,10 @@ def _load_local(folder: Path) -> DatasetDict:
     return DatasetDict(found)
 
 
+# The sentence columns of a file of pairs, under GLUE's own header names and the Hub's.
+SENTENCE_COLUMNS = ("sentence1", "sentence2", "#1 String", "#2 String")
+
+
 def table_options(path: Path) -> dict[str, Any]:
     """``pandas.read_csv`` options for a file of pairs: a GLUE TSV (or any ``.tsv``/``.txt``) or a CSV.
 
@@ -111,10 +115,13 @@ def table_options(path: Path) -> dict[str, Any]:
     sentence). The training data (``datasets``' csv builder passes them on to pandas) and
     ``runner.predict``'s input files are read alike.
     """
+    # Sentences stay text even when every one in a column reads as a number or a bool ("1.5",
+    # "True"): pandas would turn such a column into numbers, and a valid file would be rejected.
+    text = {"converters": dict.fromkeys(SENTENCE_COLUMNS, str)}
     if path.suffix.lower() in (".tsv", ".txt"):
         # GLUE TSVs hold unbalanced quotes: quoting must be off or rows merge.
-        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig", "keep_default_na": False}
-    return {"encoding": "utf-8-sig", "keep_default_na": False}
+        return {"delimiter": "\t", "quoting": csv.QUOTE_NONE, "encoding": "utf-8-sig", "keep_default_na": False, **text}
+    return {"encoding": "utf-8-sig", "keep_default_na": False, **text}
 
 
 def _read_file(path: Path) -> datasets.Dataset:

@@ -14,6 +14,7 @@ from pathlib import Path
 from datasets import DatasetDict
 
 from runner.config import SweepConfig
+from runner.training import bootstrap
 from runner.training.data import DataError, MrpcData, load_mrpc, tokenize
 from runner.training.train import training_arguments
 
@@ -46,6 +47,8 @@ def runnable(recorded: str, mixed: str) -> str:
 def evaluate_folder(folder: Path, cfg: SweepConfig, data: MrpcData, precision: str, with_test: bool) -> dict:
     """``{"validation": {eval_f1, eval_accuracy, eval_loss}, "test": {test_f1, ...}}`` for the model in ``folder``.
 
+    Each split's F1 and accuracy come with their 95% bootstrap interval (``eval_f1_ci_low`` ...).
+
     Evaluates in ``precision`` as given (see ``runnable``).
     """
     from transformers import AutoModelForSequenceClassification, DataCollatorWithPadding, PrinterCallback, Trainer
@@ -71,7 +74,19 @@ def evaluate_folder(folder: Path, cfg: SweepConfig, data: MrpcData, precision: s
             if split == "test" and not with_test:
                 continue
             log.info("evaluating %s on %s (%d pairs, %s)", folder.name, split, len(tokenized[split]), precision)
-            metrics = trainer.evaluate(tokenized[split], metric_key_prefix=prefix)
+            output = trainer.predict(tokenized[split], metric_key_prefix=prefix)
             keep = (f"{prefix}_f1", f"{prefix}_accuracy", f"{prefix}_loss")
-            scores[split] = {k: float(metrics[k]) for k in keep if k in metrics}
+            scores[split] = {k: float(output.metrics[k]) for k in keep if k in output.metrics}
+            scores[split] |= _intervals(output, prefix)
     return scores
+
+
+def _intervals(output, prefix: str) -> dict[str, float]:
+    """95% bootstrap intervals of accuracy and F1 on the split just scored (``<prefix>_f1_ci_low`` ...)."""
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    found = bootstrap.intervals(output.label_ids, logits.argmax(axis=-1))
+    return {
+        f"{prefix}_{name.removeprefix('eval_')}_ci_{side}": bound
+        for name, (_, low, high) in found.items()
+        for side, bound in (("low", low), ("high", high))
+    }

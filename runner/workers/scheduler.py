@@ -109,11 +109,16 @@ def run_until_total(
     should_stop: Callable[[], bool] = lambda: False,
     retry_failed: int = 0,
     wait_s: float = WAIT_S,
+    is_done: Callable[[FrozenTrial], bool] = lambda t: t.state in FINISHED,
+    claim: Callable[[optuna.Trial], None] | None = None,
 ) -> None:
-    """Run trials one at a time until the study (all workers together) has ``total`` finished ones.
+    """Run trials one at a time until the study (all workers together) has ``total`` done ones.
 
     Each trial goes through ``study.optimize(n_trials=1)``, so Optuna's heartbeat, pruning
-    and failure handling stay as they are; only the ask is guarded.
+    and failure handling stay as they are; only the ask is guarded. ``is_done`` says which
+    trials count toward the total (complete or pruned ones, by default). ``claim`` runs on
+    the new trial while the lock is still held: the confirmation stage assigns it a job
+    there, so two workers never take the same one.
     """
     waiting_logged = False
     while not should_stop():
@@ -123,9 +128,9 @@ def run_until_total(
             enqueue_retries(study, retry_failed)
             # One read for both counts: with two, a trial that ends between them is counted in
             # neither, and the study overshoots by one (seen with three workers on PostgreSQL).
-            states = [t.state for t in study.get_trials(deepcopy=False)]
-            finished = sum(state in FINISHED for state in states)
-            running = states.count(TrialState.RUNNING)
+            trials = study.get_trials(deepcopy=False)
+            finished = sum(is_done(t) for t in trials)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
             if finished >= total:
                 return
             if finished + running >= total:
@@ -139,6 +144,8 @@ def run_until_total(
             waiting_logged = False
 
             def guarded(trial: optuna.Trial) -> float:
+                if claim is not None:
+                    claim(trial)
                 lock.release()  # the trial is RUNNING in the storage now: the next worker counts it
                 return objective(trial)
 

@@ -126,6 +126,26 @@ class StudyLock:
             fcntl.flock(self._fd, fcntl.LOCK_EX)
         self._held = True
 
+    def try_acquire(self) -> bool:
+        """Take the lock only if no one else holds it, without waiting; True when this process holds it."""
+        if self._held:
+            return True
+        if self._conn is not None:
+            from sqlalchemy import text
+
+            query = text("SELECT pg_try_advisory_lock(:key)")
+            self._held = bool(self._conn.execute(query, {"key": self._key}).scalar())
+            return self._held
+        if self._fd is not None:
+            import fcntl
+
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+        self._held = True
+        return True
+
     def release(self) -> None:
         """Let the next worker in (no-op when not held)."""
         if not self._held:

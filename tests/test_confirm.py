@@ -1,0 +1,196 @@
+"""The confirmation stage: re-runs with new seeds, the winner by mean, resume and workers without duplicates."""
+
+from __future__ import annotations
+
+import threading
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import runner.training.metrics
+import runner.training.train
+from runner.search import confirm as confirm_mod
+
+CONFIRM = ("--set", "study.confirm.top_k=2", "--set", "study.confirm.seeds=2")
+
+
+@pytest.fixture
+def scripted_f1(monkeypatch):
+    """``scripted_f1([...])``: each validation pass, in order across runs, scores the next F1 in the list."""
+
+    def script(values: list[float]) -> list[float]:
+        queue = list(values)
+
+        def fake_metrics(eval_pred) -> dict[str, float]:
+            return {"accuracy": 0.5, "f1": queue.pop(0)}
+
+        monkeypatch.setattr(runner.training.train, "compute_metrics", fake_metrics)
+        return queue
+
+    return script
+
+
+def confirm_runs(store):
+    return store.runs("tiny", "confirm")
+
+
+def confirm_study(store):
+    return optuna.load_study(study_name="tiny.confirm", storage=f"sqlite:///{store.root / 'mlruns' / 'optuna.db'}")
+
+
+def test_confirmation_runs_are_tagged_seeded_and_never_pruned(run_sweep, store, premade_mlflow_db):
+    result = run_sweep(
+        "--trials",
+        "3",
+        *CONFIRM,
+        *("--set", "search_space.num_train_epochs=2"),
+        *("--set", "study.pruner=median"),
+        *("--set", "study.pruner_startup_trials=0"),
+        *("--set", "study.pruner_warmup_epochs=0"),
+    )
+    assert result.code == 0, result.err
+    search = store.study()
+    top = confirm_mod.top_configurations(search, 2)
+    runs = confirm_runs(store)
+    assert len(runs) == 4, "2 configurations x 2 seeds"
+    parent = store.parent()
+    seen = set()
+    for run in runs:
+        tags, params = run.data.tags, run.data.params
+        assert tags["runner.phase"] == "confirm"
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.info.status == "FINISHED" and tags["optuna.state"] == "COMPLETE"
+        seen.add((int(tags["runner.confirms"]), int(params["seed"])))
+        assert params["seed"] != "7", "a new seed, not the search's"
+        assert run.data.metrics["best_eval_f1_ci_low"] <= run.data.metrics["best_eval_f1"]
+    assert seen == {(t.number, s) for t in top for s in (8, 9)}
+    assert all(r.data.tags["runner.phase"] == "search" for r in store.children())
+    assert len(search.trials) == 3, "confirmation runs do not count toward --trials"
+    for trial in confirm_study(store).trials:
+        assert trial.user_attrs["epochs_run"] == 2, "never pruned"
+    metrics = parent.data.metrics
+    for key in ("confirmed_trial", "confirmed_mean_eval_f1", "confirmed_sd_eval_f1", "confirmed_runs"):
+        assert key in metrics
+    assert metrics["confirmed_runs"] == 3
+    assert metrics["search_best_eval_f1"] == pytest.approx(search.best_value)
+    assert "optimism_gap_eval_f1" in metrics
+    assert "confirmation" in result.out and "confirmed winner" in result.out
+
+
+def test_the_winner_is_the_best_mean_not_the_lucky_run_and_export_ships_it(
+    run_sweep, store, scripted_f1, tmp_path, monkeypatch, capsys, premade_mlflow_db
+):
+    import json
+
+    # Search (1 epoch each): trial 0 0.90 (lucky), trial 1 0.85, trial 2 0.50.
+    # Confirmation (top 2, 2 seeds, in plan order): trial 0's config 0.60, 0.62; trial 1's 0.84, 0.86.
+    left = scripted_f1([0.90, 0.85, 0.50, 0.60, 0.62, 0.84, 0.86])
+    result = run_sweep("--trials", "3", *CONFIRM, "--set", "search_space.num_train_epochs=1")
+    assert result.code == 0, result.err
+    assert left == []
+    metrics = store.parent().data.metrics
+    assert metrics["confirmed_trial"] == 1
+    assert metrics["confirmed_mean_eval_f1"] == pytest.approx((0.85 + 0.84 + 0.86) / 3)
+    assert metrics["search_best_eval_f1"] == pytest.approx(0.90)
+    assert metrics["optimism_gap_eval_f1"] == pytest.approx(0.90 - (0.90 + 0.60 + 0.62) / 3)
+    kept = json.loads((tmp_path / "mlruns" / "best" / "tiny" / "trial.json").read_text())
+    assert kept["trial"] == 1, "the kept model comes from the winning configuration"
+    assert kept["value"] == pytest.approx(0.86), "its best run"
+    assert kept["confirmed"]["mean"] == pytest.approx(metrics["confirmed_mean_eval_f1"])
+    assert not (tmp_path / "mlruns" / "best" / "tiny.candidates").exists()
+
+    # Export ships the confirmed winner and says both numbers. Its re-evaluation must reproduce the
+    # scripted score of the kept run, so the metric is scripted the same way there.
+    from runner.export import main as export_main
+
+    def kept_run_scores(eval_pred):
+        return {"accuracy": 0.5, "f1": 0.86}
+
+    monkeypatch.setattr(runner.training.metrics, "compute_metrics", kept_run_scores)
+    capsys.readouterr()
+    assert export_main(["--study", "tiny"]) == 0
+    out = capsys.readouterr().out
+    shipped = json.loads((tmp_path / "mlruns" / "best" / "tiny" / "metrics.json").read_text())
+    assert shipped["trial"] == 1 and shipped["seed"] in (8, 9)
+    assert shipped["confirmed"]["runs"] == 3
+    assert shipped["run_id"] == kept["run_id"], "registered under the confirmation run that trained it"
+    assert "0.8500 ± 0.0100 over 3 runs" in out and "this model: eval_f1 0.8600" in out
+    card = (tmp_path / "mlruns" / "best" / "tiny" / "README.md").read_text()
+    assert "0.8500 ± 0.0100 over 3 runs" in card and "0.8600" in card
+
+
+def test_resume_during_confirmation_finishes_the_stage_without_a_duplicate(
+    run_sweep, store, monkeypatch, premade_mlflow_db
+):
+    import runner.search.objective as objective
+
+    real = objective.new_model
+    calls = {"n": 0}
+
+    def stop_in_second_confirmation(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 4:  # 2 search trials, then the second confirmation run: Ctrl-C inside its run
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(objective, "new_model", stop_in_second_confirmation)
+    args = ("--trials", "2", *CONFIRM, "--set", "search_space.num_train_epochs=1")
+    first = run_sweep(*args)
+    assert first.code != 0
+    assert len(confirm_study(store).trials) == 2, "stopped in the stage's second run"
+    monkeypatch.setattr(objective, "new_model", real)
+    second = run_sweep(*args)
+    assert second.code == 0, second.err
+
+    trials = confirm_study(store).trials
+    complete = [confirm_mod.job_key(t) for t in trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == len(set(complete)) == 4, "every job once, none twice"
+    assert any(t.state == TrialState.FAIL for t in trials), "the interrupted run is recorded as failed"
+    assert {r.data.tags["optuna.state"] for r in confirm_runs(store)} == {"COMPLETE", "FAIL"}
+    assert store.parent().data.metrics["confirmed_runs"] == 3
+
+
+def test_two_workers_split_the_stage_exactly(tmp_path):
+    from runner.config import SweepConfig
+    from runner.workers.scheduler import run_until_total
+    from runner.workers.storage import StudyLock
+
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    cfg = SweepConfig.model_validate(
+        {"study": {"name": "w", "storage": url, "confirm": {"top_k": 3, "seeds": 3}}, "train": {"seed": 1}}
+    )
+    search = optuna.create_study(study_name="w", storage=url, direction="maximize")
+    for value in (0.7, 0.9, 0.8, 0.6):
+        search.enqueue_trial({"x": value})
+        search.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    confirm = confirm_mod.open_confirm_study(cfg)
+    plan = confirm_mod.make_plan(search, confirm, cfg)
+    assert [(j.confirms, j.seed) for j in plan] == [(n, s) for n in (1, 2, 0) for s in (2, 3, 4)]
+
+    def work() -> None:
+        lock = StudyLock(url, "w")  # each worker its own lock handle, as separate processes have
+        study = confirm_mod.open_confirm_study(cfg)
+
+        def objective(trial):
+            threading.Event().wait(0.05)  # long enough for the other worker to ask meanwhile
+            return trial.user_attrs[confirm_mod.JOB_ATTR]["seed"] / 10
+
+        run_until_total(
+            study,
+            objective,
+            len(plan),
+            lock,
+            is_done=confirm_mod.done_counter(plan),
+            claim=confirm_mod.claimer(study, plan),
+        )
+        lock.close()
+
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        for future in [pool.submit(work) for _ in range(2)]:
+            future.result()
+    keys = [confirm_mod.job_key(t) for t in confirm.trials if t.state == TrialState.COMPLETE]
+    assert sorted(keys) == sorted(j.key for j in plan), "no job twice, none left out"
+    assert len(confirm.trials) == len(plan)
