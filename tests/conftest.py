@@ -86,6 +86,8 @@ train:
   seed: 7
   per_device_eval_batch_size: 16
   group_by_length: false
+tracking:
+  study_plots: false  # seconds per sweep; test_sweep_records_everything turns them on and checks them
 search_space:
   learning_rate: {type: float, low: 1.0e-4, high: 1.0e-3, log: true}
   per_device_train_batch_size: 8

@@ -420,3 +420,54 @@ def test_model_card_names_no_local_base_model_and_no_scores_before_evaluation(tm
 
     assert card.data.base_model is None and card.data.eval_results is None
     assert card.data.library_name == "transformers"
+
+
+def test_export_on_a_machine_that_did_not_train_the_best_trial_exits_1(run_sweep, tmp_path, capsys, monkeypatch):
+    """Two machines share one study; each keeps its own best folder. Export where the best is not kept: exit 1."""
+    import runner.training.train
+
+    scores = iter([0.6, 0.9])  # machine A's trial scores 0.6, machine B's (the study's best) 0.9
+    monkeypatch.setattr(runner.training.train, "compute_metrics", lambda _: {"accuracy": 0.5, "f1": next(scores)})
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    stores = ["--storage", f"sqlite:///{shared / 'optuna.db'}", "--tracking-uri", f"sqlite:///{shared / 'mlflow.db'}"]
+    one_epoch = ("--set", "search_space.num_train_epochs=1")
+    for machine, total in (("a", "1"), ("b", "2")):
+        (tmp_path / machine).mkdir()
+        monkeypatch.chdir(tmp_path / machine)
+        assert run_sweep("--trials", total, *one_epoch, *stores).code == 0
+    monkeypatch.chdir(tmp_path / "a")
+    before = snapshot(tmp_path / "a" / "mlruns" / "best" / "tiny")
+    code, _, err = export(capsys, "--study", "tiny", *stores)
+    assert code == 1
+    assert "holds trial 0" in err and "best is trial 1" in err and len(err.strip().splitlines()) == 1, err
+    assert snapshot(tmp_path / "a" / "mlruns" / "best" / "tiny") == before, "the folder is left as it was"
+
+
+def test_a_bf16_trial_is_re_evaluated_in_bf16_where_bf16_runs(run_sweep, tmp_path, capsys, monkeypatch):
+    """A machine with fast bf16 trains the trial in bf16; export re-evaluates it in bf16 and it matches."""
+    import runner.training.evaluation
+    import runner.training.train as train
+
+    monkeypatch.setattr(train, "cpu_bf16_is_fast", lambda: True)
+    train.resolve_precision.cache_clear()
+    try:
+        pinned = ("--set", "search_space.num_train_epochs=1", "--set", "search_space.fp16=true")
+        result = run_sweep("--trials", "1", *pinned)
+        assert result.code == 0, result.err
+        seen = []
+        evaluate = runner.training.evaluation.evaluate_folder
+
+        def spy(folder, cfg, data, precision, with_test):
+            seen.append(precision)
+            return evaluate(folder, cfg, data, precision, with_test)
+
+        monkeypatch.setattr(runner.training.evaluation, "evaluate_folder", spy)
+        code, out, err = export(capsys, "--study", "tiny")
+    finally:
+        train.resolve_precision.cache_clear()
+    assert code == 0, err
+    assert seen == ["bf16"]
+    shipped = json.loads((tmp_path / "mlruns" / "best" / "tiny" / "metrics.json").read_text())
+    assert shipped["precision"] == "bf16"
+    assert "matches the sweep's record" in out

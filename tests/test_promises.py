@@ -267,3 +267,15 @@ def test_sigterm_mid_epoch_to_two_workers_then_the_same_command_finishes(tmp_pat
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
     assert len(finished) == 3, "exactly the total, across both runs"
     assert store.parent().info.status == "FINISHED"
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("case", ["no-such-model", "no-such-data"])
+def test_a_bad_input_leaves_exactly_one_line_on_the_real_stderr(tmp_path, sweep_yaml, mrpc_dir, tiny_model, case):
+    """In a real process (pytest's log capture cannot hide a line here): stderr is the error and nothing else."""
+    model, data = (tmp_path / "no-such-model", mrpc_dir) if case == "no-such-model" else (tiny_model, tmp_path / "nope")
+    command = _sweep_command(sweep_yaml, data, model, "--trials", "1")
+    proc = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=280)
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and proc.stderr.startswith("runner.sweep: error: "), proc.stderr
+    assert not (tmp_path / "mlruns").exists(), "nothing written"

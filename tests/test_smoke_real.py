@@ -1,5 +1,8 @@
 """The install check on the real default model and real MRPC: `--config sweeps/smoke.yaml --trials 3`.
 
+The smoke sweep confirms its 2 best configurations once each: this is also issue 11's end-to-end check
+(3 search runs and 2 confirmation runs under one study run, intervals on every run, the confirmed result).
+
 Needs the MRPC folder (RUNNER_DATA_DIR, else ../shared/data/mrpc next to the repo); skipped without it,
 unless ``RUNNER_REQUIRE_DATA=1`` (set by ``.ci/run`` when it found the data) makes that a failure.
 """
@@ -48,6 +51,14 @@ def test_smoke_sweep_end_to_end(tmp_path):
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert all(r.info.status == "FINISHED" for r in children)
     assert {r.data.params["train_samples"] for r in children} == {"256"}
+    confirms = [r for r in runs if r.data.tags.get("runner.phase") == "confirm"]
+    assert len(confirms) == 2 and {r.data.tags["mlflow.parentRunId"] for r in confirms} == {parents[0].info.run_id}
+    for run in children + confirms:
+        m = run.data.metrics
+        assert m["best_eval_f1_ci_low"] <= m["best_eval_f1"] <= m["best_eval_f1_ci_high"]
+    summary = parents[0].data.metrics
+    assert {"confirmed_trial", "confirmed_mean_eval_f1", "confirmed_sd_eval_f1", "optimism_gap_eval_f1"} <= set(summary)
+    assert summary["confirmed_runs"] == 2
 
     classify = transformers.pipeline("text-classification", model=str(tmp_path / "mlruns" / "best" / "mrpc-smoke"))
     scored = classify({"text": "The bank raised its rates.", "text_pair": "Rates were raised by the bank."})

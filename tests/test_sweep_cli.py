@@ -35,7 +35,8 @@ def states(study) -> list[str]:
 
 def test_sweep_records_everything(run_sweep, store, tmp_path, tiny_model):
     """3 trials: one parent run, 3 nested children with params, per-epoch metrics, artifacts; Optuna agrees."""
-    result = run_sweep("--trials", "3", "--set", "study.metric=eval_loss", "--set", "study.direction=minimize")
+    plots = ("--set", "tracking.study_plots=true")
+    result = run_sweep("--trials", "3", "--set", "study.metric=eval_loss", "--set", "study.direction=minimize", *plots)
     assert result.code == 0, result.err
 
     parent = store.parent()
@@ -71,6 +72,8 @@ def test_sweep_records_everything(run_sweep, store, tmp_path, tiny_model):
 
     best = study.best_trial
     assert {"config.yaml", "trials.csv"} <= store.artifacts(parent)
+    study_plots = {"optimization_history.png", "parallel_coordinate.png", "param_importances.png"}
+    assert study_plots <= store.artifacts(parent)
     assert parent.data.tags["best_trial.number"] == str(best.number)
     assert parent.data.tags["best_trial.run_id"] == children[best.number].info.run_id
     assert parent.data.metrics["best_eval_loss"] == best.value

@@ -146,6 +146,9 @@ class TrackingConfig(_Strict):
     tracking_uri: str = "sqlite:///mlruns/mlflow.db"
     artifact_location: str = "mlruns/artifacts"
     system_metrics: bool = True
+    # Optuna's plots (optimization history, parallel coordinates, importances) as PNGs on the
+    # study run at the end of each sweep process: a couple of seconds, more with many trials.
+    study_plots: bool = True
     best_model_dir: str = "mlruns/best"
 
 

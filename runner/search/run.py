@@ -64,17 +64,19 @@ class Inputs:
 def prepare_inputs(cfg: SweepConfig) -> Inputs:
     """Check the stores and load data (from ``cfg.data.data_dir``, else the Hub), tokenizer and tokens.
 
-    Writes nothing to the stores.
+    Writes nothing to the stores, and logs nothing until every input checked out: a bad one
+    ends the command with its one-line error alone on stderr.
     """
     check_storage_url(cfg.study.storage)
     check_storage_reachable(cfg.study.storage)
     check_reachable(cfg.tracking.tracking_uri)
-    data = load_mrpc(cfg.data, cfg.data.data_dir, seed=cfg.train.seed)
-    log.info("data: %s %s", data.source, data.sizes())
     source = resolve_model(cfg.model.name)
     tokenizer = load_tokenizer(source)
     attention_dropout(source, cfg.model)  # an override the model cannot take fails here, not in a trial
-    return Inputs(data, source, tokenizer, tokenize(data, tokenizer, cfg.model.max_length))
+    data = load_mrpc(cfg.data, cfg.data.data_dir, seed=cfg.train.seed)
+    tokenized = tokenize(data, tokenizer, cfg.model.max_length)
+    log.info("data: %s %s", data.source, data.sizes())
+    return Inputs(data, source, tokenizer, tokenized)
 
 
 def run_sweep(cfg: SweepConfig) -> int:
@@ -106,7 +108,10 @@ def run_sweep(cfg: SweepConfig) -> int:
                 guard = confirm_stage(study, cfg, objective, checkpoint, lock)
             status = "FAILED" if guard.tripped else "FINISHED"
         finally:
-            finish_study_run(study, tracker, cfg, status, validation_labels(inputs))
+            # One worker at a time writes the study's results: two workers tagging the same trial
+            # runs at once collide in MLflow's database (a duplicate-key error on PostgreSQL).
+            with lock:
+                finish_study_run(study, tracker, cfg, status, validation_labels(inputs))
     finally:
         lock.close()
     if guard.tripped:

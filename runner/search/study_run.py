@@ -70,13 +70,16 @@ def finish_study_run(
     trials of other live workers still run leaves it RUNNING (each worker records
     its own trial's end before it looks, so the last to look sees none running).
     """
-    confirm = load_confirm_study(open_storage(cfg.study.storage), study.study_name)
+    # Only a sweep with the stage on looks for it (opening the storage again costs a schema check).
+    confirm = load_confirm_study(open_storage(cfg.study.storage), study.study_name) if cfg.study.confirm.top_k else None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
             (folder / "config.yaml").write_text(to_yaml(cfg), encoding="utf-8")
             artifacts.trials_table(study).to_csv(folder / "trials.csv", index=False)
-            files = [folder / "config.yaml", folder / "trials.csv", *artifacts.write_study_plots(study, folder)]
+            files = [folder / "config.yaml", folder / "trials.csv"]
+            if cfg.tracking.study_plots:
+                files += artifacts.write_study_plots(study, folder)
             metrics, tags = {}, {"runner.trials_finished": len(study.get_trials(deepcopy=False, states=FINISHED))}
             if any(t.state == TrialState.COMPLETE for t in study.trials):
                 best = study.best_trial

@@ -73,7 +73,9 @@ def print_summary(
                 f"tied with it (paired bootstrap on the same validation pairs, 95%): trial(s) "
                 f"{', '.join(map(str, tied))}\n"
             )
-        outcome = summarize(study, load_confirm_study(open_storage(cfg.study.storage), study.study_name), metric)
+        outcome = None
+        if cfg.study.confirm.top_k:
+            outcome = summarize(study, load_confirm_study(open_storage(cfg.study.storage), study.study_name), metric)
         if outcome is not None:
             out.write("\nconfirmation (each configuration's search run and its re-runs with new seeds):\n")
             out.write(confirmation_view(outcome).to_string(index=False) + "\n")
