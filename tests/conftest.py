@@ -11,6 +11,7 @@ import os
 import shutil
 import signal
 import tempfile
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 # Before anything imports huggingface_hub / datasets / transformers: they read these at import.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -394,3 +395,39 @@ def mlflow_server(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow-server")
     with start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root) as uri:
         yield uri, root
+
+
+def run_threads(*targets, timeout: float = 120) -> None:
+    """Run each target in a thread of its own; an exception in any of them fails the test.
+
+    A bare ``threading.Thread`` would only turn it into a warning, and the other threads could still
+    reach the expected total.
+    """
+    pool = ThreadPoolExecutor(max_workers=len(targets))
+    try:
+        futures = [pool.submit(target) for target in targets]
+        done, running = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
+        for future in futures:
+            if future in done:
+                future.result()  # raises what the thread raised
+        assert not running, f"{len(running)} thread(s) still running after {timeout} s"
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+@pytest.fixture
+def scripted_f1(monkeypatch):
+    """``scripted_f1([...])``: each validation pass, in order across runs, scores the next F1 in the list."""
+
+    def script(values: list[float]) -> list[float]:
+        queue = list(values)
+
+        def fake_metrics(eval_pred) -> dict[str, float]:
+            return {"accuracy": 0.5, "f1": queue.pop(0)}
+
+        import runner.training.train
+
+        monkeypatch.setattr(runner.training.train, "compute_metrics", fake_metrics)
+        return queue
+
+    return script

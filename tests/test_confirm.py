@@ -6,6 +6,7 @@ import threading
 
 import optuna
 import pytest
+from conftest import run_threads
 from optuna.trial import TrialState
 
 import runner.training.metrics
@@ -13,22 +14,6 @@ import runner.training.train
 from runner.search import confirm as confirm_mod
 
 CONFIRM = ("--set", "study.confirm.top_k=2", "--set", "study.confirm.seeds=2")
-
-
-@pytest.fixture
-def scripted_f1(monkeypatch):
-    """``scripted_f1([...])``: each validation pass, in order across runs, scores the next F1 in the list."""
-
-    def script(values: list[float]) -> list[float]:
-        queue = list(values)
-
-        def fake_metrics(eval_pred) -> dict[str, float]:
-            return {"accuracy": 0.5, "f1": queue.pop(0)}
-
-        monkeypatch.setattr(runner.training.train, "compute_metrics", fake_metrics)
-        return queue
-
-    return script
 
 
 def confirm_runs(store):
@@ -151,12 +136,12 @@ def test_resume_during_confirmation_finishes_the_stage_without_a_duplicate(
     assert store.parent().data.metrics["confirmed_runs"] == 3
 
 
-def test_two_workers_split_the_stage_exactly(tmp_path):
+def split_between_two_workers(url: str) -> None:
+    """Two workers (threads, each with its own lock handle) run one confirmation stage on ``url``; check it."""
     from runner.config import SweepConfig
     from runner.workers.scheduler import run_until_total
     from runner.workers.storage import StudyLock
 
-    url = f"sqlite:///{tmp_path / 'optuna.db'}"
     cfg = SweepConfig.model_validate(
         {"study": {"name": "w", "storage": url, "confirm": {"top_k": 3, "seeds": 3}}, "train": {"seed": 1}}
     )
@@ -176,21 +161,23 @@ def test_two_workers_split_the_stage_exactly(tmp_path):
             threading.Event().wait(0.05)  # long enough for the other worker to ask meanwhile
             return trial.user_attrs[confirm_mod.JOB_ATTR]["seed"] / 10
 
-        run_until_total(
-            study,
-            objective,
-            len(plan),
-            lock,
-            is_done=confirm_mod.done_counter(plan),
-            claim=confirm_mod.claimer(study, plan),
-        )
-        lock.close()
+        try:
+            run_until_total(
+                study,
+                objective,
+                len(plan),
+                lock,
+                is_done=confirm_mod.done_counter(plan),
+                claim=confirm_mod.claimer(study, plan),
+            )
+        finally:
+            lock.close()
 
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(2) as pool:
-        for future in [pool.submit(work) for _ in range(2)]:
-            future.result()
+    run_threads(work, work)
     keys = [confirm_mod.job_key(t) for t in confirm.trials if t.state == TrialState.COMPLETE]
     assert sorted(keys) == sorted(j.key for j in plan), "no job twice, none left out"
     assert len(confirm.trials) == len(plan)
+
+
+def test_two_workers_split_the_stage_exactly(tmp_path):
+    split_between_two_workers(f"sqlite:///{tmp_path / 'optuna.db'}")

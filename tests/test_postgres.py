@@ -15,12 +15,11 @@ import sys
 import threading
 import time
 import uuid
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import optuna
 import pytest
-from conftest import start_mlflow_server
+from conftest import run_threads, start_mlflow_server
 from optuna.trial import TrialState
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,24 +54,6 @@ def tracking_server(new_database, tmp_path_factory):
     """``mlflow server`` on loopback, backed by PostgreSQL, serving an artifact root to its clients."""
     with start_mlflow_server(new_database(), tmp_path_factory.mktemp("mlflow-server")) as uri:
         yield uri
-
-
-def run_threads(*targets, timeout: float = 120) -> None:
-    """Run each target in a thread of its own; an exception in any of them fails the test.
-
-    A bare ``threading.Thread`` would only turn it into a warning, and the other threads could still
-    reach the expected total.
-    """
-    pool = ThreadPoolExecutor(max_workers=len(targets))
-    try:
-        futures = [pool.submit(target) for target in targets]
-        done, running = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            if future in done:
-                future.result()  # raises what the thread raised
-        assert not running, f"{len(running)} thread(s) still running after {timeout} s"
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _client(uri):
@@ -223,3 +204,10 @@ def test_the_server_refuses_a_connection_without_the_password(postgres_url, tmp_
     wrong = url.set(password="not-the-password").render_as_string(hide_password=False)
     with pytest.raises(psycopg.OperationalError, match="password authentication failed"):
         psycopg.connect(wrong, connect_timeout=10).close()
+
+
+def test_two_workers_split_a_confirmation_stage_exactly(new_database):
+    """The confirmation stage on PostgreSQL: every (trial, seed) job once, none left out."""
+    from test_confirm import split_between_two_workers
+
+    split_between_two_workers(new_database())

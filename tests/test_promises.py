@@ -20,22 +20,6 @@ import runner.training.train
 
 
 @pytest.fixture
-def scripted_f1(monkeypatch):
-    """``scripted_f1([...])``: each validation pass, in order across trials, scores the next F1 in the list."""
-
-    def script(values: list[float]) -> list[float]:
-        queue = list(values)
-
-        def fake_metrics(eval_pred) -> dict[str, float]:
-            return {"accuracy": 0.5, "f1": queue.pop(0)}
-
-        monkeypatch.setattr(runner.training.train, "compute_metrics", fake_metrics)
-        return queue
-
-    return script
-
-
-@pytest.fixture
 def weights_per_epoch(monkeypatch) -> list[dict[str, torch.Tensor]]:
     """A copy of the live model's weights taken at each epoch's evaluation, in order."""
     captured: list[dict[str, torch.Tensor]] = []

@@ -11,7 +11,6 @@ import statistics
 import optuna
 import pandas as pd
 import pytest
-from optuna.distributions import FloatDistribution, IntDistribution
 
 from runner.report import main as report_main
 
@@ -35,7 +34,6 @@ CONFIRM = (
     "--set",
     "search_space.num_train_epochs=1",
 )
-SPACE = {"learning_rate": FloatDistribution(1e-4, 1e-3, log=True), "num_train_epochs": IntDistribution(1, 2)}
 
 
 def report(capsys, *args: str) -> tuple[int, str, str]:
@@ -45,39 +43,42 @@ def report(capsys, *args: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def add_pruned_and_failed(tmp_path, store) -> None:
-    """Record a pruned and a failed trial the way the objective does: Optuna trial + Tracker run."""
-    from runner.record.runs import Tracker
+def sweep_with_every_fate(run_sweep, monkeypatch) -> None:
+    """A real sweep whose trials end complete, pruned, failed and complete, in that order.
 
-    study = store.study()
-    tracker = Tracker(
-        f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}", "tiny", str(tmp_path / "mlruns" / "artifacts"), False
-    )
-    tracker.study_run_id = store.parent().info.run_id
-    for fate in ("pruned", "failed"):
-        trial = study.ask(SPACE)
-        params = {**trial.params, "precision": "fp32"}
-        with pytest.raises((optuna.TrialPruned, RuntimeError)):
-            with tracker.trial_run("tiny", trial.number, params) as run:
-                run.log_metrics({"eval_f1": 0.25, "eval_accuracy": 0.5}, step=1)
-                if fate == "failed":
-                    raise RuntimeError("out of memory")
-                trial.report(0.25, step=1)
-                run.log_metrics({"best_eval_f1": 0.25, "best_eval_accuracy": 0.5, "best_epoch": 1})
-                raise optuna.TrialPruned("pruned after epoch 1")
-        study.tell(trial, state=optuna.trial.TrialState.PRUNED if fate == "pruned" else optuna.trial.TrialState.FAIL)
+    The validation F1 is scripted so the median pruner stops trial 1 after epoch 1, and the
+    third model load raises, so the report reads what the sweep really records for each fate.
+    """
+    import runner.search.objective
+    import runner.training.train
+
+    scores = iter([0.8, 0.8, 0.25, 0.9, 0.9])  # trial 0 (2 epochs), trial 1 (pruned at 1), trial 3 (2 epochs)
+    monkeypatch.setattr(runner.training.train, "compute_metrics", lambda _: {"accuracy": 0.5, "f1": next(scores)})
+    real, loads = runner.search.objective.new_model, []
+
+    def new_model(*args, **kwargs):
+        loads.append(1)
+        if len(loads) == 3:
+            raise RuntimeError("out of memory")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner.search.objective, "new_model", new_model)
+    pruning = ("study.pruner=median", "study.pruner_startup_trials=1", "study.pruner_warmup_epochs=0")
+    flags = [x for setting in pruning for x in ("--set", setting)]
+    assert run_sweep("--trials", "3", "--set", "search_space.num_train_epochs=2", *flags).code == 0
 
 
-def test_every_trial_is_a_row_best_first_in_every_format(run_sweep, store, tmp_path, capsys, premade_mlflow_db):
-    assert run_sweep("--trials", "2").code == 0
-    add_pruned_and_failed(tmp_path, store)
+def test_every_trial_is_a_row_best_first_in_every_format(
+    run_sweep, store, tmp_path, capsys, monkeypatch, premade_mlflow_db
+):
+    sweep_with_every_fate(run_sweep, monkeypatch)
     values = {t.number: t.value for t in store.study().trials if t.state == optuna.trial.TrialState.COMPLETE}
 
     code, out, err = report(capsys, "--study", "tiny", "--format", "csv")
 
     assert code == 0, err
     table = pd.read_csv(io.StringIO(out))
-    assert list(table.columns) == COLUMNS
+    assert list(table.columns) == [c for c in COLUMNS if c != "num_train_epochs"]  # pinned, not searched
     assert list(table["state"]) == ["COMPLETE", "COMPLETE", "PRUNED", "FAIL"]
     complete = table[table["state"] == "COMPLETE"]
     assert list(complete["best_f1"]) == sorted(complete["best_f1"], reverse=True)
@@ -91,11 +92,11 @@ def test_every_trial_is_a_row_best_first_in_every_format(run_sweep, store, tmp_p
     code, out, _ = report(capsys, "--study", "tiny")
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 5
-    assert lines[0].split() == TEXT_COLUMNS
+    assert lines[0].split() == [c for c in TEXT_COLUMNS if c != "num_train_epochs"]
     assert "PRUNED" in lines[3] and "FAIL" in lines[4]
-    # The sweep's trials carry an interval; the pruned one, logged without, shows its score alone.
-    assert all(len(INTERVAL.findall(line)) == 2 for line in lines[1:3])
-    assert "0.2500" in lines[3] and "(" not in lines[3]
+    # Complete and pruned trials carry an interval on F1 and accuracy; the failed one has no score.
+    assert all(len(INTERVAL.findall(line)) == 2 for line in lines[1:4])
+    assert "0.2500 (" in lines[3] and not INTERVAL.findall(lines[4])
 
     code, out, _ = report(capsys, "--study", "tiny", "--format", "markdown", "--top", "2")
     lines = out.strip().splitlines()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 
 import optuna
 import pytest
+from conftest import run_threads
 from optuna.distributions import FloatDistribution
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
@@ -25,24 +25,6 @@ def storage_url(tmp_path) -> str:
 
 def _study(url: str, name: str = "s") -> optuna.Study:
     return optuna.create_study(study_name=name, storage=open_storage(url), load_if_exists=True)
-
-
-def run_threads(*targets, timeout: float = 120) -> None:
-    """Run each target in a thread of its own; an exception in any of them fails the test.
-
-    A bare ``threading.Thread`` would only turn it into a warning, and the other threads could still
-    reach the expected total.
-    """
-    pool = ThreadPoolExecutor(max_workers=len(targets))
-    try:
-        futures = [pool.submit(target) for target in targets]
-        done, running = wait(futures, timeout=timeout, return_when=FIRST_EXCEPTION)
-        for future in futures:
-            if future in done:
-                future.result()  # raises what the thread raised
-        assert not running, f"{len(running)} thread(s) still running after {timeout} s"
-    finally:
-        pool.shutdown(wait=False, cancel_futures=True)
 
 
 def test_sqlite_storage_uses_wal(storage_url, tmp_path):
