@@ -143,6 +143,25 @@ def _outcome(load) -> tuple[str, str]:
         return "error", message.split(": ", 1)[-1]
 
 
+class _QuotedKeys(yaml.SafeDumper):
+    """Writes every mapping key double-quoted.
+
+    A ``--set`` key is always a string; written bare, a key such as ``0E0`` would be read back by the
+    sweep file's loader (which reads ``5e-5`` as a number, as users write it) as the float 0.0.
+    """
+
+
+def _quoted_keys(dumper: yaml.SafeDumper, data: dict) -> yaml.MappingNode:
+    pairs = [
+        (dumper.represent_scalar("tag:yaml.org,2002:str", str(k), style='"'), dumper.represent_data(v))
+        for k, v in data.items()
+    ]
+    return yaml.MappingNode("tag:yaml.org,2002:map", pairs)
+
+
+_QuotedKeys.add_representer(dict, _quoted_keys)
+
+
 def _as_document(key: str, value) -> dict:
     """The YAML document that says what ``--set key=value`` says: ``a.b=v`` is ``{a: {b: v}}``."""
     for part in reversed(key.split(".")):
@@ -153,6 +172,7 @@ def _as_document(key: str, value) -> dict:
 @FUZZ
 @given(override_items)
 @example("fixed=1")  # found by this fuzz: a top-level key named like a union tag raised IndexError
+@example("0E0=")  # found by this fuzz: a key that a bare YAML key would turn into a number
 def test_set_overrides(item):
     """``--set key=value`` means exactly what the same key and value written in the sweep file mean."""
     try:
@@ -165,7 +185,8 @@ def test_set_overrides(item):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "sweep.yaml"
         # Non-ASCII escaped: written raw, a NEL (U+0085) in a key would be read back as a line break.
-        path.write_text(yaml.safe_dump(_as_document(key, value), sort_keys=False), encoding="utf-8")
+        text = yaml.dump(_as_document(key, value), Dumper=_QuotedKeys, sort_keys=False)
+        path.write_text(text, encoding="utf-8")
         via_file = _outcome(lambda: load_config(path))
     assert via_set == via_file
 
