@@ -79,6 +79,26 @@ def shared_flags(
     return parent
 
 
+def verbosity_flags() -> argparse.ArgumentParser:
+    """``--quiet`` and ``--verbose`` as a parent parser; ``log_level(args)`` turns them into a level.
+
+    --quiet: warnings, errors and the results on stdout only (no progress, no live display);
+    --verbose: runner's DEBUG lines too. Library logs stay ``--debug``'s.
+    """
+    parent = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    group = parent.add_argument_group("output").add_mutually_exclusive_group()
+    group.add_argument("-q", "--quiet", action="store_true", help="only warnings, errors and the results")
+    group.add_argument("-v", "--verbose", action="store_true", help="runner's debug lines too")
+    return parent
+
+
+def log_level(args: argparse.Namespace) -> int:
+    """The level of runner's log lines that ``--quiet`` / ``--verbose`` ask for (INFO when neither)."""
+    if getattr(args, "quiet", False):
+        return logging.WARNING
+    return logging.DEBUG if getattr(args, "verbose", False) else logging.INFO
+
+
 def _interrupt(signum, frame):
     raise KeyboardInterrupt
 
@@ -102,9 +122,16 @@ def sigterm_as_interrupt(sigint: bool = False) -> Iterator[None]:
             signal.signal(signal.SIGINT, previous_int)
 
 
-def setup_logging() -> None:
-    """Progress at INFO on stderr, with a clock; no line shows a password (runner.redact)."""
+def setup_logging(level: int = logging.INFO) -> None:
+    """Progress at INFO on stderr, with a clock; no line shows a password (runner.redact).
+
+    ``level`` (log_level): WARNING keeps only warnings and errors, DEBUG adds runner's own debug lines
+    (the libraries' stay at INFO or above: they are ``--debug``'s). Set on every call, so one
+    command's level never leaks into the next in the same process.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S", stream=sys.stderr)
+    logging.getLogger().setLevel(max(level, logging.INFO))
+    logging.getLogger("runner").setLevel(level if level != logging.INFO else logging.NOTSET)
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
@@ -144,14 +171,16 @@ def run_command(
     on_interrupt: str = "interrupted",
     interrupt_code: int = 130,
     quiet: bool = True,
+    level: int = logging.INFO,
 ) -> int:
     """Run ``work`` and turn the expected errors into one line on stderr and an exit code.
 
     ``failures`` are extra exception types that mean "the work failed" (exit 1),
     e.g. MLflow's errors for commands that talk to a registry. ``quiet`` silences
-    the ML libraries (and imports them: commands that do not use them pass False).
+    the ML libraries (and imports them: commands that do not use them pass False). ``level``: see
+    setup_logging.
     """
-    setup_logging()
+    setup_logging(level)
     # MLflow writes "View run ... at: URL" to stdout, with the tracking URI as given: password included.
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:

@@ -236,7 +236,15 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
         return (RecordError,)
 
-    return run_checked(prog, lambda: check_flags(args), lambda: run_export(args), args.debug, failures)
+    def check() -> int:
+        check_flags(args)
+        # The tracking store too, before the ML libraries load: an unreachable server fails in a second.
+        from runner.record.store import check_store_exists, resolve_tracking_uri
+
+        check_store_exists(resolve_tracking_uri(args.tracking_uri))
+        return 0
+
+    return run_checked(prog, check, lambda: run_export(args), args.debug, failures)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ are listed as such. When the sweep ran a confirmation stage, a second table foll
 one row per confirmed configuration with its runs, mean ± sd, min and max, the
 winner marked, and a line with the winner's curse (search best minus confirmed mean).
 ``--study A --study B`` puts studies side by side; ``--plots DIR`` writes the
-study's plots as PNG and HTML.
+study's plots as PNG and HTML; ``--html FILE`` writes one self-contained page (the
+tables and Optuna's plots, plotly inlined) to open offline or send.
 
 Exit codes: 0 done, 1 a plot could not be written, 2 bad input (unknown study, no store).
 """
@@ -16,10 +17,14 @@ Exit codes: 0 done, 1 a plot could not be written, 2 bad input (unknown study, n
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import math
+import os
 import sys
+import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +77,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--top", type=int, metavar="K", help="only the K best trials of each study (the confirmed table is whole)"
     )
     p.add_argument("--plots", type=Path, metavar="DIR", help="write the study's plots (PNG and HTML) into DIR")
+    p.add_argument(
+        "--html",
+        type=Path,
+        metavar="FILE",
+        help="write one self-contained HTML page (the tables and Optuna's plots; opens offline) to FILE",
+    )
     return p
 
 
@@ -164,69 +175,24 @@ def stage_metric(outcome: dict[str, float]) -> str:
     return found[0] if found else "eval_f1"
 
 
-def confirmed_frame(trial_runs, confirm_runs, outcome: dict[str, float], searched: list[str], study: str):
-    """One row per confirmed configuration (search trial ``n``): its searched params, and over its runs
-    (the search run and each complete confirmation run) their count, mean, sd (ddof=1), min and max.
+def confirmed_frame(table, searched: list[str], study: str):
+    """The confirmed table as the sweep recorded it (the study run's ``confirmed.csv``), for this report.
 
-    ``winner`` marks the configuration the study run names in ``confirmed_trial``. Empty when the
-    study has no confirmation run.
+    One row per configuration (search trial ``n``): its searched params, and over its runs (the search
+    run and each complete confirmation run) their count, mean, sd, min and max; ``winner`` marks the
+    confirmed one. The sweep computes it once (``runner.search.confirm.summarize``); the report does not
+    recompute it. Empty when the study has no confirmation stage.
     """
     import pandas as pd
 
-    metric = stage_metric(outcome)
-    winner = _finite(outcome, "confirmed_trial")
-    repeats = pd.to_numeric(_tag(confirm_runs, "runner.confirms"), errors="coerce")
-    numbers = pd.to_numeric(_tag(trial_runs, "optuna.trial_number"), errors="coerce")
-    rows = []
-    for n in sorted(int(v) for v in repeats.dropna().unique()):
-        search, confirms = trial_runs[numbers == n], confirm_runs[repeats == n]
-        values = pd.concat([_complete_scores(search, metric), _complete_scores(confirms, metric)])
-        if values.empty:
-            continue
-        source = search if len(search) else confirms
-        rows.append(
-            {
-                "study": study,
-                "trial": n,
-                **{name: _param(source, name) for name in searched},
-                "runs": len(values),
-                "mean": float(values.mean()),
-                "sd": float(values.std(ddof=1)) if len(values) > 1 else 0.0,
-                "min": float(values.min()),
-                "max": float(values.max()),
-                "winner": winner is not None and n == winner,
-            }
-        )
-    return _printable_cells(pd.DataFrame(rows))
-
-
-def _tag(runs, name: str):
-    import pandas as pd
-
-    return runs[f"tags.{name}"] if f"tags.{name}" in runs.columns else pd.Series(None, index=runs.index, dtype=object)
-
-
-def _complete_scores(runs, metric: str):
-    """The ``best_<metric>`` of the runs that completed (Optuna state COMPLETE), as floats."""
-    import pandas as pd
-
-    column = f"metrics.best_{metric}"
-    if runs.empty or column not in runs.columns:
-        return pd.Series(dtype=float)
-    complete = runs[_tag(runs, "optuna.state") == "COMPLETE"]
-    return pd.to_numeric(complete[column], errors="coerce").dropna()
-
-
-def _param(runs, name: str):
-    """The value of param ``name`` on the first of ``runs``, a number when it reads as one."""
-    import pandas as pd
-
-    column = f"params.{name}"
-    if runs.empty or column not in runs.columns:
-        return None
-    value = runs[column].iloc[0]
-    number = pd.to_numeric(pd.Series([value]), errors="coerce").iloc[0]
-    return value if pd.isna(number) else number.item()
+    if table.empty:
+        return pd.DataFrame()
+    known = [name for name in searched if name in table.columns]
+    columns = ["trial", *known, "runs", "mean", "sd", "min", "max", "winner"]
+    shown = table[columns].copy()
+    shown["winner"] = shown["winner"].astype(str).str.lower() == "true"
+    shown.insert(0, "study", study)
+    return _printable_cells(shown)
 
 
 def verdict(outcome: dict[str, float]) -> str | None:
@@ -363,6 +329,12 @@ def check_flags(args: argparse.Namespace) -> int:
         check_name("--study", study)
     if args.top is not None and not 1 <= args.top <= MAX_TRIALS:
         raise ConfigError(f"--top must be between 1 and {MAX_TRIALS}, got {args.top}")
+    if args.html is not None:
+        folder = args.html.parent
+        if args.html.is_dir():
+            raise ConfigError(f"--html {printable(str(args.html))} is a folder: pass a file name")
+        if not folder.is_dir():
+            raise ConfigError(f"--html: no folder {printable(str(folder))}")
     return 0
 
 
@@ -382,12 +354,15 @@ def run(args: argparse.Namespace) -> int:
         all_runs[study] = runs
         searched = searched_params(uri, study, runs)
         frames.append(trials_frame(runs, searched, study))
-        confirm_runs, outcome = history.search_confirm_runs(uri, study)
-        if not confirm_runs.empty:
-            table = confirmed_frame(runs, confirm_runs, outcome, searched, study)
-            confirmed.append(Confirmed(study, table, verdict(outcome)))
+        stage, outcome = history.confirmed_result(uri, study)
+        if not stage.empty:
+            confirmed.append(Confirmed(study, confirmed_frame(stage, searched, study), verdict(outcome)))
     combined = pd.concat([f.head(args.top) if args.top else f for f in frames], ignore_index=True)
     sys.stdout.write(render(combined, args.format, several=len(frames) > 1, confirmed=confirmed))
+    if args.html is not None:
+        figures = {study: study_figures(args.storage, study) for study in all_runs}
+        write_atomically(args.html, html_page(combined, confirmed, figures))
+        log.info("wrote %s", args.html)
     if args.plots is not None:
         from runner.record import plots
         from runner.workers.storage import UnknownStudy, load_existing_study
@@ -402,6 +377,92 @@ def run(args: argparse.Namespace) -> int:
             written = plots.write_report_plots(optuna_study, runs, folder)
             log.info("%s: wrote %d plot files to %s", study, len(written), folder)
     return 0
+
+
+def study_figures(storage: str, study: str) -> list[tuple[str, object]]:
+    """Optuna's plots of ``study`` as plotly figures, those its trials allow; none when the storage lacks it."""
+    import optuna.visualization as optuna_plotly
+
+    from runner.record.plots import OPTUNA_PLOTS
+    from runner.workers.storage import UnknownStudy, load_existing_study
+
+    try:
+        optuna_study = load_existing_study(storage, study)
+    except UnknownStudy as err:
+        log.warning("%s: the HTML page has no plots of it", err)
+        return []
+    figures = []
+    for name in OPTUNA_PLOTS:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                figures.append((name, getattr(optuna_plotly, f"plot_{name}")(optuna_study)))
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. importances need two complete trials
+            log.info("skipped %s: %s", name, err)
+    return figures
+
+
+HTML_STYLE = (
+    "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;margin:1em 0}"
+    "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+)
+
+
+def html_page(frame, confirmed: list[Confirmed], figures: dict[str, list[tuple[str, object]]]) -> str:
+    """One self-contained page: per study its trials table (scores with intervals), its confirmed table
+    and verdict when it has one, and its plots; plotly.js is inlined once, so it opens offline."""
+    from plotly.offline import get_plotlyjs
+
+    studies = list(dict.fromkeys(frame["study"]))
+    title = html.escape(f"runner report: {', '.join(studies)}")
+    parts = [
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{title}</title><style>{HTML_STYLE}</style>',
+        f'<script type="text/javascript">{get_plotlyjs()}</script></head><body><h1>{title}</h1>',
+    ]
+    if len(studies) > 1:
+        parts.append(_html_table(study_summary(frame), "studies"))
+    stages = {c.study: c for c in confirmed if not c.table.empty}
+    for study in studies:
+        parts.append(f"<h2>{html.escape(study)}</h2>")
+        trials = shown_trials(frame[frame["study"] == study].drop(columns="study"))
+        parts.append(_html_table(trials, "trials"))
+        if study in stages:
+            stage = stages[study]
+            parts.append("<h3>confirmed configurations (each one's search run and its confirmation runs)</h3>")
+            parts.append(_html_table(shown_confirmed(stage.table.drop(columns="study")), "confirmed"))
+            parts.append(f'<p class="verdict">{html.escape(stage.verdict or "")}</p>')
+        for name, figure in figures.get(study, []):
+            div = figure.to_html(full_html=False, include_plotlyjs=False, div_id=f"plot-{study}-{name}")
+            parts.append(f"<h3>{html.escape(name.replace('_', ' '))}</h3>{div}")
+    return "\n".join([*parts, "</body></html>\n"])
+
+
+def _html_table(frame, css_class: str) -> str:
+    """``frame`` as an HTML table: every cell escaped, numbers as the text table prints them."""
+    shown = frame.astype(object).where(frame.notna(), "")
+    formatters = {c: lambda v: _cell(v) if isinstance(v, float) else str(v) for c in shown.columns}
+    return shown.to_html(index=False, classes=css_class, formatters=formatters, border=0)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` whole or not at all: a temporary file in the same folder, renamed over it.
+
+    A write that fails (folder gone, not writable, disk full) is a ConfigError and leaves nothing behind.
+    """
+    try:
+        fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise ConfigError(f"--html {printable(str(path))}: cannot write there: {err.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            out.write(text)
+        os.replace(temporary, path)
+    except OSError as err:
+        Path(temporary).unlink(missing_ok=True)
+        raise ConfigError(f"--html {printable(str(path))}: cannot write it: {err.strerror}") from None
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:

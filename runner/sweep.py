@@ -12,9 +12,19 @@ import argparse
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 
-from runner.cli import OneLineParser, command_name, quiet_libraries, run_command, shared_flags, sigterm_as_interrupt
+from runner.cli import (
+    OneLineParser,
+    command_name,
+    log_level,
+    quiet_libraries,
+    run_command,
+    shared_flags,
+    sigterm_as_interrupt,
+    verbosity_flags,
+)
 from runner.config import (
     STORAGE_ENV,
     SweepConfig,
@@ -23,8 +33,9 @@ from runner.config import (
     resolve_data_dir,
     tracking_uri_override,
 )
+from runner.config.schema import parse_duration
 from runner.errors import ConfigError
-from runner.workers.launch import WORKER_ENV
+from runner.workers.launch import BUDGET_START_ENV, WORKER_ENV
 
 log = logging.getLogger("runner")
 
@@ -34,6 +45,7 @@ EXAMPLES = """examples:
   python -m runner.sweep --config sweeps/smoke.yaml --trials 3 --data-dir ../shared/data/mrpc
   python -m runner.sweep --study lr-fixed --set search_space.learning_rate=5e-5
   python -m runner.sweep --trials 20 --workers 2            # two worker processes on this machine
+  python -m runner.sweep --trials 20 --timeout 45m          # the best 45 minutes can give; run again to go on
   PGPASSWORD=... python -m runner.sweep --storage postgresql://USER@HOST/optuna --tracking-uri https://HOST
                                                            # the same command on each machine: one shared study
 Re-running the same command after a crash or Ctrl-C resumes the study up to --trials."""
@@ -53,7 +65,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "with every trial tracked in MLflow.",
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        parents=[shared_flags(storage="file")],
+        parents=[shared_flags(storage="file"), verbosity_flags()],
     )
     p.add_argument("--config", metavar="FILE", help=f"sweep YAML file (default: {DEFAULT_CONFIG})")
     p.add_argument("--trials", metavar="N", type=int, help="total finished (complete or pruned) trials to reach")
@@ -85,6 +97,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "the same params; trials that failed by themselves (a NaN loss, an error in training) are not retried, "
         "they would fail the same way again (default: study.retry_failed, 0)",
     )
+    p.add_argument(
+        "--timeout",
+        metavar="DURATION",
+        help="time budget of the whole command (search and confirmation), e.g. 90s, 45m, 2h, 1h30m: no trial "
+        "starts that cannot finish in it and a running one stops at an epoch boundary; the same command with "
+        "a larger budget continues (default: study.timeout, none)",
+    )
     p.add_argument("--no-system-metrics", action="store_true", help="do not log CPU/memory/GPU metrics on trial runs")
     return p
 
@@ -104,6 +123,34 @@ def _int_arg(flag: str):
 def _check_count(flag: str, value: int | str | None, minimum: int) -> None:
     if value is not None and (not isinstance(value, int) or value < minimum):
         raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_timeout(value: str | None) -> None:
+    """A bad ``--timeout`` is a one-line error naming the flag (the config check would name study.timeout)."""
+    if value is not None:
+        try:
+            parse_duration(value)
+        except ValueError as err:
+            raise ConfigError(f"--timeout: {err}") from None
+
+
+def _budget_start() -> float:
+    """Now; in a launcher's worker, the launcher's start, so every worker has the same deadline."""
+    given = os.environ.get(BUDGET_START_ENV) if os.environ.get(WORKER_ENV) is not None else None
+    try:
+        return float(given) if given else time.time()
+    except ValueError:
+        raise ConfigError(f"{BUDGET_START_ENV} must be a unix time, got {given!r}") from None
+
+
+def _check_budget(cfg: SweepConfig) -> None:
+    """A time budget too small for one trial is an error now, before the model and data load (exit 2)."""
+    from runner.search.budget import check_fits
+    from runner.workers.storage import check_storage_reachable, check_storage_url
+
+    check_storage_url(cfg.study.storage)
+    check_storage_reachable(cfg.study.storage)
+    check_fits(cfg)  # reads the trial times the study's storage measured, if it has any
 
 
 def default_config_path() -> Path:
@@ -130,6 +177,7 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
         "tracking.tracking_uri": tracking_uri_override(args.tracking_uri),
         "model.name": args.model,
         "study.retry_failed": args.retry_failed,
+        "study.timeout": args.timeout,
     }
     overrides.update({k: v for k, v in named.items() if v is not None})
     if args.no_system_metrics:
@@ -138,14 +186,26 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     return resolve_data_dir(load_config(path, overrides), args.data_dir)
 
 
-def _launch(cfg: SweepConfig, workers: int, argv: list[str]) -> int:
+def _launch(cfg: SweepConfig, workers: int, argv: list[str], quiet: bool = False, started: float | None = None) -> int:
     from runner.workers.launch import launch_workers
     from runner.workers.storage import check_storage_url, is_shared_storage
 
     check_storage_url(cfg.study.storage)
     if not is_shared_storage(cfg.study.storage):
         raise ConfigError(f"--workers needs a storage the workers share, not {cfg.study.storage}")
-    return launch_workers(argv, workers)
+    budget_start = started if cfg.study.timeout is not None else None  # the workers' budget counts from our start
+    return launch_workers(argv, workers, watch=_study_watch(cfg, workers, quiet), budget_start=budget_start)
+
+
+def _study_watch(cfg: SweepConfig, workers: int, quiet: bool):
+    """In a terminal: the launcher's one live view of the shared study (runner.search.display), else None.
+
+    Wired in here because the launcher (runner.workers) may not import runner.search.
+    """
+    from runner.search.display import live_wanted
+    from runner.search.watch import StudyWatch
+
+    return StudyWatch(cfg, workers) if live_wanted(quiet) else None
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
@@ -153,21 +213,34 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     args = build_parser(prog).parse_args(argv)
 
     def work() -> int:
+        started = _budget_start()  # a time budget bounds the whole command: it counts from here
         _check_count("--workers", args.workers, 1)
         _check_count("--retry-failed", args.retry_failed, 0)
+        _check_timeout(args.timeout)
         if args.workers is not None and args.workers > 1 and os.environ.get(WORKER_ENV) is not None:
             # Belt and braces against a --workers flag the launcher failed to strip: no fork bomb.
             raise ConfigError(f"--workers: this process is a launcher's worker ({WORKER_ENV} is set): it launches none")
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
+        if cfg.study.timeout is not None:
+            _check_budget(cfg)
         if args.workers is not None and args.workers > 1:
-            return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv)
+            return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv, args.quiet, started)
+        # The stores too, before the heavy imports: a bad storage URL or an unreachable server fails fast.
+        from runner.workers.storage import check_storage_reachable, check_storage_url
+
+        check_storage_url(cfg.study.storage)
+        check_storage_reachable(cfg.study.storage)
+        from runner.record.store import check_reachable  # imports mlflow: after the storage checks
+
+        check_reachable(cfg.tracking.tracking_uri)
         if not args.debug:
             quiet_libraries()  # only now: quieting imports the ML libraries, which a config error must not wait for
+        from runner.search.display import live_wanted
         from runner.search.run import run_sweep
         from runner.workers.launch import apply_thread_limit
 
         apply_thread_limit()
-        return run_sweep(cfg)
+        return run_sweep(cfg, live=live_wanted(args.quiet), started=started)
 
     # A SIGTERM (e.g. from a job scheduler) stops like Ctrl-C: clean and resumable.
     with sigterm_as_interrupt():
@@ -177,6 +250,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             args.debug,
             on_interrupt="interrupted; run the same command again to resume",
             quiet=False,  # work() quiets the libraries once the config is valid; the launcher trains nothing
+            level=log_level(args),
         )
 
 

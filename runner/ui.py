@@ -2,7 +2,8 @@
 
 Runs ``mlflow ui`` as a child process (one worker, background job runner off:
 this is a viewer, not a shared server), waits until it answers, prints the URL
-of each study's runs, and stops it and all its processes on Ctrl-C.
+of each study's trial runs (best first, its searched params as columns), and
+stops it and all its processes on Ctrl-C.
 
 Exit codes: 0 stopped by Ctrl-C or SIGTERM, 1 the server failed, 2 bad input
 (no tracking store, port taken).
@@ -124,12 +125,11 @@ def stop(proc: subprocess.Popen, grace: float = 15.0) -> None:
 
 
 def study_pages(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
-    """(study, URL of its runs page) for every study in the store."""
+    """(study, URL of its trial runs: best first, the searched params as columns) for every study in the store."""
     from runner.record.history import list_studies
+    from runner.record.runs import trial_runs_link
 
-    return [
-        (name, f"{base_url}/#/experiments/{experiment_id}/runs") for name, experiment_id in list_studies(tracking_uri)
-    ]
+    return [(name, f"{base_url}/{trial_runs_link(tracking_uri, eid)}") for name, eid in list_studies(tracking_uri)]
 
 
 def _tail(log_file) -> str:

@@ -436,3 +436,89 @@ def scripted_f1(monkeypatch):
         return queue
 
     return script
+
+
+@pytest.fixture
+def fake_train(monkeypatch):
+    """Replace training, as the objective calls it, with scripted epochs: for bookkeeping tests, not training ones.
+
+    ``fake_train()`` or ``fake_train([[0.6, 0.9], [0.8]])``: each training run, in order across runs,
+    scores the next list's F1 per epoch (and runs as many epochs as the trial asks for, repeating the
+    list's last value). Without a script, or once it is used up, an epoch's scores are those of
+    seeded random predictions, as ``runner.training.train.compute_metrics`` scores them (so
+    ``scripted_f1`` still scripts them). Every epoch goes through the objective's ``on_epoch`` hook
+    (MLflow's per-epoch metrics, Optuna's report and pruning, the progress lines), and a run hands
+    back a TrainResult with validation probabilities, so everything after training runs for real.
+    The model keeps its initial weights. Returns the list of runs' F1 scripts still unused.
+    """
+    import runner.search.objective
+
+    scripts: list[list[float]] = []
+
+    def fake(
+        model,
+        tokenizer,
+        train_dataset,
+        eval_dataset,
+        hp,
+        settings,
+        precision,
+        metric="eval_f1",
+        maximize=True,
+        on_epoch=None,
+        progress=None,
+    ):
+        return _scripted_training(
+            scripts.pop(0) if scripts else None,
+            eval_dataset,
+            hp,
+            settings,
+            precision,
+            metric,
+            maximize,
+            on_epoch,
+            progress,
+        )
+
+    monkeypatch.setattr(runner.search.objective, "train", fake)
+
+    def script(values: list[list[float]] | None = None) -> list[list[float]]:
+        scripts.extend(list(run) for run in values or [])
+        return scripts
+
+    return script
+
+
+def _scripted_training(f1s, eval_dataset, hp, settings, precision, metric, maximize, on_epoch, progress):
+    """One fake training run: per epoch, seeded logits, their metrics (F1 from ``f1s`` when given), the hook."""
+    import numpy as np
+    from transformers import EvalPrediction
+
+    import runner.training.train as training
+
+    labels = np.asarray(eval_dataset["label"])
+    rng = np.random.default_rng([settings.seed, int(hp.learning_rate * 1e9), hp.per_device_train_batch_size])
+    result = training.TrainResult(precision=precision, train_runtime=0.01, train_samples_per_second=1000.0)
+    for epoch in range(1, hp.num_train_epochs + 1):
+        logits = rng.normal(size=(len(labels), 2))
+        logits[:2] = np.eye(2)  # the first two pairs get different classes: the model never collapses
+        scores = training.compute_metrics(EvalPrediction(predictions=logits, label_ids=labels))
+        if f1s:
+            scores["f1"] = f1s[min(epoch, len(f1s)) - 1]
+        # Its own softmax: a test that patches ``probabilities`` sees it called as training calls it.
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+        loss = float(-log_probs[np.arange(len(labels)), labels].mean())
+        row = {"epoch": epoch, **{f"eval_{k}": float(v) for k, v in scores.items()}, "eval_loss": loss}
+        row["train_loss"] = 0.7 / epoch
+        result.epochs.append(row)
+        result.log_history += [{"loss": row["train_loss"], "epoch": float(epoch)}, dict(row)]
+        if training.is_better(row[metric], result.best_metrics.get(metric), maximize):
+            result.best_epoch, result.best_metrics = epoch, row
+            result.probabilities = training.probabilities(logits)
+        if progress is not None:
+            progress(float(epoch), epoch, hp.num_train_epochs)
+        if on_epoch is not None and on_epoch(epoch, row):
+            result.stopped_at_epoch = epoch
+            break
+    return result

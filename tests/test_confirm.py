@@ -24,7 +24,10 @@ def confirm_study(store):
     return optuna.load_study(study_name="tiny.confirm", storage=f"sqlite:///{store.root / 'mlruns' / 'optuna.db'}")
 
 
-def test_confirmation_runs_are_tagged_seeded_and_never_pruned(run_sweep, store, premade_mlflow_db):
+def test_confirmation_runs_are_tagged_seeded_and_never_pruned(run_sweep, store, fake_train, premade_mlflow_db):
+    # Bookkeeping: scripted epochs, real pruner, stores and scheduler. The search trials improve on each
+    # other, so the median pruner keeps all three; the confirmation runs score what the fake's seeds give.
+    fake_train([[0.5, 0.6], [0.6, 0.7], [0.7, 0.8]])
     result = run_sweep(
         "--trials",
         "3",
@@ -105,6 +108,7 @@ def test_the_winner_is_the_best_mean_not_the_lucky_run_and_export_ships_it(
     assert "0.8500 ± 0.0100 over 3 runs" in card and "0.8600" in card
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_resume_during_confirmation_finishes_the_stage_without_a_duplicate(
     run_sweep, store, monkeypatch, premade_mlflow_db
 ):

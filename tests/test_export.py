@@ -33,6 +33,62 @@ def paraphrases_only(tmp_path_factory, glue_tsv, train_pairs, dev_pairs) -> Path
     return folder
 
 
+@pytest.fixture(scope="module")
+def _one_trial_template(tmp_path_factory, mrpc_dir, tiny_model, _empty_mlflow_db) -> Path:
+    """A 1-trial sweep (real training: export re-evaluates its model), run once for the module."""
+    import shutil
+    import signal
+
+    from conftest import SWEEP_YAML, _reset_mlflow_stores
+
+    from runner.sweep import main
+
+    root = tmp_path_factory.mktemp("one-trial-sweep")
+    (root / "mlruns").mkdir()
+    shutil.copyfile(_empty_mlflow_db, root / "mlruns" / "mlflow.db")
+    (root / "tiny.yaml").write_text(SWEEP_YAML, encoding="utf-8")
+    args = ["--config", "tiny.yaml", "--data-dir", str(mrpc_dir), "--model", str(tiny_model), "--no-system-metrics"]
+    sigterm = signal.getsignal(signal.SIGTERM)  # main() installs its own handler
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("MLFLOW_TRACKING_URI", "RUNNER_DATA_DIR", "RUNNER_STORAGE"):
+            patch.delenv(name, raising=False)
+        patch.chdir(root)
+        try:
+            assert main([*args, "--trials", "1"]) == 0
+        finally:
+            signal.signal(signal.SIGTERM, sigterm)
+            _reset_mlflow_stores()  # closes MLflow's connections before the files are copied
+    return root
+
+
+@pytest.fixture
+def one_trial_sweep(_one_trial_template, tmp_path, monkeypatch) -> None:
+    """``tmp_path`` (the working directory) as a 1-trial sweep there left it, for tests that export its result.
+
+    A copy of the module's sweep, with the absolute paths MLflow recorded (artifact locations) moved
+    to the copy: each test changes its own stores, and none pays for a sweep of its own.
+    """
+    import shutil
+    import sqlite3
+
+    shutil.copytree(_one_trial_template / "mlruns", tmp_path / "mlruns")
+    old, new = str(_one_trial_template), str(tmp_path)
+    with sqlite3.connect(tmp_path / "mlruns" / "mlflow.db") as conn:
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in conn.execute(f'PRAGMA table_info("{table}")').fetchall():
+                name = column[1]
+                conn.execute(
+                    f'UPDATE "{table}" SET "{name}" = REPLACE("{name}", ?, ?) WHERE typeof("{name}") = \'text\'',
+                    (old, new),
+                )
+    conn.close()
+    for path in (tmp_path / "mlruns").rglob("*"):
+        if path.is_file() and path.suffix != ".db" and old.encode() in path.read_bytes():
+            raise AssertionError(f"{path} names the template folder: move it like the database's paths")
+    monkeypatch.chdir(tmp_path)
+
+
 def export(capsys, *args: str) -> tuple[int, str, str]:
     capsys.readouterr()
     code = export_main(list(args))
@@ -110,7 +166,7 @@ def test_export_writes_a_verified_folder_and_registers_the_champion(
 
 
 def test_exported_model_gives_the_same_answers_in_pipeline_mlflow_and_pyfunc(
-    run_sweep, tmp_path, capsys, dev_pairs, premade_mlflow_db
+    one_trial_sweep, tmp_path, capsys, dev_pairs
 ):
     import mlflow
     import mlflow.pyfunc
@@ -118,7 +174,6 @@ def test_exported_model_gives_the_same_answers_in_pipeline_mlflow_and_pyfunc(
     import pandas as pd
     from transformers import pipeline
 
-    assert run_sweep("--trials", "1").code == 0
     assert export(capsys, "--study", "tiny")[0] == 0
     _, uri = registry(tmp_path)
     mlflow.set_tracking_uri(uri)
@@ -168,10 +223,9 @@ def test_alias_moves_when_a_better_trial_is_exported(
     assert "moved from version 1" in out
 
 
-def test_mismatch_on_re_evaluation_exits_1_and_leaves_the_folder_alone(run_sweep, tmp_path, capsys, premade_mlflow_db):
+def test_mismatch_on_re_evaluation_exits_1_and_leaves_the_folder_alone(one_trial_sweep, tmp_path, capsys):
     from safetensors.torch import load_file, save_file
 
-    assert run_sweep("--trials", "1").code == 0
     folder = tmp_path / "mlruns" / "best" / "tiny"
     weights = load_file(folder / "model.safetensors")
     bias = next(k for k in weights if k.endswith("classifier.bias"))
@@ -189,8 +243,7 @@ def test_mismatch_on_re_evaluation_exits_1_and_leaves_the_folder_alone(run_sweep
     assert client.search_registered_models() == []
 
 
-def test_a_crash_mid_export_keeps_the_previous_folder(run_sweep, tmp_path, capsys, monkeypatch, premade_mlflow_db):
-    assert run_sweep("--trials", "1").code == 0
+def test_a_crash_mid_export_keeps_the_previous_folder(one_trial_sweep, tmp_path, capsys, monkeypatch):
     assert export(capsys, "--study", "tiny")[0] == 0
     folder = tmp_path / "mlruns" / "best" / "tiny"
     before = snapshot(folder)
@@ -237,8 +290,7 @@ def test_no_stores_at_all_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "mlruns").exists()
 
 
-def test_out_on_a_foreign_folder_is_refused_and_left_alone(run_sweep, tmp_path, capsys, premade_mlflow_db):
-    assert run_sweep("--trials", "1").code == 0
+def test_out_on_a_foreign_folder_is_refused_and_left_alone(one_trial_sweep, tmp_path, capsys):
     mine = tmp_path / "models"
     mine.mkdir()
     (mine / "notes.txt").write_text("my own work\n")
@@ -263,14 +315,13 @@ def test_out_on_a_foreign_folder_is_refused_and_left_alone(run_sweep, tmp_path, 
     assert (mine / "notes.txt").read_text() == "my own work\n"
 
 
-def test_export_swaps_under_the_sweeps_lock(run_sweep, tmp_path, capsys, monkeypatch, premade_mlflow_db):
+def test_export_swaps_under_the_sweeps_lock(one_trial_sweep, tmp_path, capsys, monkeypatch):
     """While export replaces the folder, a sweep worker's lock attempt (non-blocking here) must fail."""
     import fcntl
     import os
 
     import runner.record.checkpoint
 
-    assert run_sweep("--trials", "1").code == 0
     best = tmp_path / "mlruns" / "best"
     real_replace = runner.record.checkpoint.replace_dir
     attempts = []
@@ -292,16 +343,13 @@ def test_export_swaps_under_the_sweeps_lock(run_sweep, tmp_path, capsys, monkeyp
     assert attempts == ["held by export"]
 
 
-def test_a_newer_best_saved_during_export_is_not_overwritten(
-    run_sweep, tmp_path, capsys, monkeypatch, premade_mlflow_db
-):
+def test_a_newer_best_saved_during_export_is_not_overwritten(one_trial_sweep, tmp_path, capsys, monkeypatch):
     """A sweep worker saves a better model while export re-evaluates: export stops instead of swapping it out."""
     import shutil
 
     from runner.record.checkpoint import INFO_FILE, BestCheckpoint, replace_dir
     from runner.training import evaluation
 
-    assert run_sweep("--trials", "1").code == 0
     checkpoint = BestCheckpoint(tmp_path / "mlruns" / "best", "tiny", maximize=True)
     real_evaluate = evaluation.evaluate_folder
 
@@ -323,9 +371,8 @@ def test_a_newer_best_saved_during_export_is_not_overwritten(
     assert not leftovers(tmp_path)
 
 
-def test_a_password_left_in_an_old_saved_config_is_not_shipped(run_sweep, tmp_path, capsys, premade_mlflow_db):
+def test_a_password_left_in_an_old_saved_config_is_not_shipped(one_trial_sweep, tmp_path, capsys):
     """A best model saved by an older runner kept the storage password in runner_config.yaml: export drops it."""
-    assert run_sweep("--trials", "1").code == 0
     saved = tmp_path / "mlruns" / "best" / "tiny" / "runner_config.yaml"
     secret = "OldSentinel-51ab"
     text = saved.read_text(encoding="utf-8")
@@ -422,6 +469,7 @@ def test_model_card_names_no_local_base_model_and_no_scores_before_evaluation(tm
     assert card.data.library_name == "transformers"
 
 
+@pytest.mark.usefixtures("fake_train")  # export stops before it re-evaluates: the sweeps' training may be scripted
 def test_export_on_a_machine_that_did_not_train_the_best_trial_exits_1(run_sweep, tmp_path, capsys, monkeypatch):
     """Two machines share one study; each keeps its own best folder. Export where the best is not kept: exit 1."""
     import runner.training.train

@@ -172,7 +172,7 @@ def _fingerprint(root) -> dict[str, str]:
     return out
 
 
-@pytest.mark.usefixtures("premade_mlflow_db")
+@pytest.mark.usefixtures("premade_mlflow_db", "fake_train")  # the first sweep only has to leave a study behind
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

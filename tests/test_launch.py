@@ -12,9 +12,8 @@ import threading
 from pathlib import Path
 
 import pytest
-from optuna.trial import TrialState
 
-from runner.workers.launch import cpu_count, worker_commands, worker_env
+from runner.workers.launch import worker_commands, worker_env
 from runner.workers.processes import Launcher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -121,45 +120,9 @@ def test_a_failing_worker_makes_the_launcher_fail():
     assert launcher.run() == 1
 
 
-@pytest.mark.e2e
-@pytest.mark.usefixtures("premade_mlflow_db")
-def test_two_local_workers(tmp_path, sweep_yaml, mrpc_dir, tiny_model, store):
-    """`--workers 2` on SQLite: exact total, one study run, every trial run under it, output prefixed.
-
-    The storage is given as a flag, which the workers get as $RUNNER_STORAGE: they must all use it.
-    """
-    command = [
-        *(sys.executable, "-m", "runner.sweep", "--workers", "2", "--config", str(sweep_yaml)),
-        *("--data-dir", str(mrpc_dir), "--model", str(tiny_model), "--no-system-metrics", "--trials", "4"),
-        "--storage=sqlite:///mlruns/shared.db",
-    ]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = run_in_own_group(command, timeout=280, cwd=tmp_path, env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    threads = max(1, cpu_count() // 2)
-    assert f"{threads} torch thread(s) each" in proc.stderr
-    assert proc.stderr.count(" started (pid ") == 2  # two workers, none of which launched more
-    for index in (0, 1):
-        assert f"[worker {index}] " in proc.stderr
-        assert f"this worker uses {threads} torch thread(s)" in proc.stderr
-    import optuna
-
-    study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'mlruns' / 'shared.db'}")
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 4
-    assert not (tmp_path / "mlruns" / "optuna.db").exists()
-    # Workers that start together must not propose the same parameters in lockstep.
-    assert len({t.params["learning_rate"] for t in study.trials}) == 4
-    parent = store.parent()
-    assert parent.info.status == "FINISHED"
-    children = store.children()
-    assert [c.data.tags["optuna.trial_number"] for c in children] == ["0", "1", "2", "3"]
-    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
-    assert all(c.info.status == "FINISHED" for c in children)
-    import sqlite3
-
-    for name in ("shared.db", "mlflow.db"):  # concurrent local writers: write-ahead logging on both stores
-        with sqlite3.connect(tmp_path / "mlruns" / name) as conn:
-            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+# Two real local workers (exact total, one study run, output prefixed, cores split, the storage flag passed
+# on) are checked on the rerun in tests/test_promises.py's SIGTERM-to-two-workers test: one pair of worker
+# processes for both promises.
 
 
 @pytest.mark.parametrize("flags", [["--workers", "0"], ["--workers", "two"], ["--retry-failed", "-1"]])

@@ -172,20 +172,7 @@ def test_workers_racing_for_the_last_trials_stop_at_the_total(new_database, atte
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 12
 
 
-def test_the_study_lock_excludes_other_holders(new_database):
-    """Two workers' locks on one study (advisory locks on two connections): one holder at a time."""
-    from runner.workers.storage import StudyLock
-
-    storage = new_database()
-    first, second = StudyLock(storage, "pg-lock"), StudyLock(storage, "pg-lock")
-    try:
-        first.acquire()
-        assert not second.try_acquire()
-        first.release()
-        assert second.try_acquire()
-        assert not first.try_acquire()
-    finally:
-        first.close(), second.close()
+# The study lock's exclusion on PostgreSQL: tests/test_scheduler.py::test_study_lock_excludes_other_holders[postgres].
 
 
 def test_the_server_refuses_a_connection_without_the_password(postgres_url, tmp_path, monkeypatch):

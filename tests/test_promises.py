@@ -131,6 +131,7 @@ def test_config_errors_come_back_before_any_heavy_import(argv):
     assert len(lines) == 1 and lines[0].startswith("runner.sweep: error: "), proc.stderr
 
 
+@pytest.mark.usefixtures("fake_train")  # the flag is the objective's: scripted epochs, probabilities patched below
 def test_a_collapsed_trial_is_flagged_on_its_run_and_a_healthy_one_is_not(run_sweep, store, monkeypatch):
     """A model that predicts one class for every pair gets ``runner.collapsed``; one that predicts both does not."""
     import numpy as np
@@ -229,28 +230,60 @@ def test_kill_9_mid_trial_then_the_same_command_finishes_the_study(tmp_path, swe
 
 
 @pytest.mark.e2e
-def test_sigterm_mid_epoch_to_two_workers_then_the_same_command_finishes(tmp_path, sweep_yaml, mrpc_dir, tiny_model):
-    """SIGTERM to a real ``--workers 2`` run mid-epoch: exit 130, nothing RUNNING, and the rerun reaches the total."""
+def test_sigterm_mid_epoch_to_two_workers_then_the_same_command_finishes(
+    tmp_path, sweep_yaml, mrpc_dir, tiny_model, premade_mlflow_db
+):
+    """SIGTERM to a real ``--workers 2`` run mid-epoch: exit 130, nothing RUNNING, and the rerun reaches the total.
+
+    The rerun is also the test of two real local workers (tests/test_launch.py has the rest of launching):
+    output prefixed, cores split, one study run with every trial run under it, and the storage, given as
+    a flag, which the workers get as $RUNNER_STORAGE: they must all use it.
+    """
     import signal
 
     import optuna
     from conftest import Stores
 
+    from runner.workers.launch import cpu_count
+
     command = _sweep_command(
-        sweep_yaml, mrpc_dir, tiny_model, "--workers", "2", "--trials", "3", "--set", "search_space.num_train_epochs=5"
+        sweep_yaml, mrpc_dir, tiny_model, "--workers", "2", "--trials", "4", "--set", "search_space.num_train_epochs=3"
     )
-    _run_until(command, tmp_path, "epoch 1/5", signal.SIGTERM)
+    command.append("--storage=sqlite:///mlruns/shared.db")
+    _run_until(command, tmp_path, "epoch 1/3", signal.SIGTERM)
     store = Stores(tmp_path)
-    first = store.study().trials
+    shared = f"sqlite:///{tmp_path / 'mlruns' / 'shared.db'}"
+    first = optuna.load_study(study_name="tiny", storage=shared).trials
     assert first and all(t.state != optuna.trial.TrialState.RUNNING for t in first), "each worker recorded its stop"
     assert all(r.info.status != "RUNNING" for r in store.children())
 
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=280)
     assert again.returncode == 0, again.stderr[-3000:]
-    trials = store.study().trials
+    trials = optuna.load_study(study_name="tiny", storage=shared).trials
     finished = [t for t in trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
-    assert len(finished) == 3, "exactly the total, across both runs"
-    assert store.parent().info.status == "FINISHED"
+    assert len(finished) == 4, "exactly the total, across both runs"
+    assert len(trials) == len(first) + 4 - len([t for t in first if t in finished]), "no surplus trial was started"
+    assert not (tmp_path / "mlruns" / "optuna.db").exists(), "every worker used the --storage flag's database"
+    # Workers that start together must not propose the same parameters in lockstep.
+    assert len({t.params["learning_rate"] for t in trials}) == len(trials)
+
+    threads = max(1, cpu_count() // 2)
+    assert f"{threads} torch thread(s) each" in again.stderr
+    assert again.stderr.count(" started (pid ") == 2  # two workers, none of which launched more
+    for index in (0, 1):
+        assert f"[worker {index}] " in again.stderr
+        assert f"this worker uses {threads} torch thread(s)" in again.stderr
+    parent = store.parent()
+    assert parent.info.status == "FINISHED"
+    children = store.children()
+    assert sorted(int(c.data.tags["optuna.trial_number"]) for c in children) == [t.number for t in trials]
+    assert all(c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children)
+    assert all(c.info.status != "RUNNING" for c in children)
+    import sqlite3
+
+    for name in ("shared.db", "mlflow.db"):  # concurrent local writers: write-ahead logging on both stores
+        with sqlite3.connect(tmp_path / "mlruns" / name) as conn:
+            assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
 @pytest.mark.e2e

@@ -113,6 +113,28 @@ def _run(module: str, *args: str, env: dict[str, str] | None = None, cwd: Path |
     )
 
 
+# The sweep's command line in a fresh interpreter: its exit code and the heavy libraries loaded by then go to
+# stdout, so a test sees what the real command imported before it refused a bad store.
+SWEEP_THEN_MODULES = """
+import sys
+from runner.sweep import main
+code = main(sys.argv[1:])
+heavy = sorted(name for name in ("torch", "transformers", "datasets") if name in sys.modules)
+print(code, ",".join(heavy) or "-")
+"""
+
+
+def _sweep_in_fresh_interpreter(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+    """``runner.sweep`` with ``args`` in a new process: (exit code, heavy modules it imported, stderr)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
+    proc = subprocess.run(
+        [sys.executable, "-c", SWEEP_THEN_MODULES, *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=120
+    )
+    assert SECRET not in proc.stdout + proc.stderr
+    code, heavy = proc.stdout.split()
+    return int(code), heavy, proc.stderr
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize(
     "storage",
@@ -121,21 +143,22 @@ def _run(module: str, *args: str, env: dict[str, str] | None = None, cwd: Path |
         f"postgresql://runner:{SECRET}@127.0.0.1:9/optuna",  # nothing listens: the driver's message
     ],
 )
-def test_storage_errors_print_no_password(tmp_path, sweep_yaml, storage):
-    result = _run("runner.sweep", "--config", str(sweep_yaml), "--storage", storage, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
-    assert "runner@127.0.0.1" in result.stderr
+def test_storage_errors_print_no_password_and_come_before_any_heavy_import(tmp_path, sweep_yaml, storage):
+    """A bad store fails fast: one redacted line, before torch, transformers or datasets are loaded."""
+    code, heavy, err = _sweep_in_fresh_interpreter("--config", str(sweep_yaml), "--storage", storage, cwd=tmp_path)
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "runner@127.0.0.1" in err
+    assert heavy == "-", f"imported before the storage check: {heavy}"
 
 
 @pytest.mark.e2e
 def test_tracking_uri_from_the_environment_prints_no_password(tmp_path, sweep_yaml):
     env = {"MLFLOW_TRACKING_URI": f"http://runner:{SECRET}@127.0.0.1:9"}
-    result = _run("runner.sweep", "--config", str(sweep_yaml), env=env, cwd=tmp_path)
-    assert result.returncode == 2, result.stderr
-    assert SECRET not in result.stdout + result.stderr
-    assert "http://runner@127.0.0.1:9" in result.stderr
+    code, heavy, err = _sweep_in_fresh_interpreter("--config", str(sweep_yaml), env=env, cwd=tmp_path)
+    assert code == 2, err
+    assert "http://runner@127.0.0.1:9" in err
+    assert heavy == "-", f"imported before the tracking server check: {heavy}"
 
 
 @pytest.mark.e2e

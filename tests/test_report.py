@@ -277,3 +277,66 @@ def test_a_store_from_before_intervals_and_ties_still_renders(tmp_path, monkeypa
     rows = json.loads(out)
     assert code == 0 and isinstance(rows, list) and [r["best_f1"] for r in rows] == [0.8, 0.6]
     assert all(r["f1_ci_low"] is None and r["accuracy_ci_high"] is None and r["vs_best"] == "" for r in rows)
+
+
+def test_html_report_is_one_self_contained_page(run_sweep, store, tmp_path, capsys, premade_mlflow_db):
+    """--html: each trial's row with its intervals, the confirmed table and verdict, the plots; no external script."""
+    result = run_sweep("--trials", "3", *CONFIRM)
+    assert result.code == 0, result.err
+    trials = {int(r.data.tags["optuna.trial_number"]): r.data.metrics for r in store.children()}
+    parent = store.parent().data.metrics
+    page_file = tmp_path / "out" / "report.html"
+    page_file.parent.mkdir()
+
+    code, out, err = report(capsys, "--study", "tiny", "--html", str(page_file))
+    assert code == 0, err
+    page = page_file.read_text(encoding="utf-8")
+    assert [p.name for p in page_file.parent.iterdir()] == ["report.html"]  # no temporary file left
+    rows = re.findall(r"<tr>(.*?)</tr>", page, flags=re.S)
+    cells = [re.findall(r"<td>(.*?)</td>", row, flags=re.S) for row in rows]
+    trial_rows = {int(c[0]): c for c in cells if len(c) > 8}
+    assert set(trial_rows) == set(trials)
+    for number, metrics in trials.items():
+        f1 = metrics["best_eval_f1"]
+        low, high = metrics["best_eval_f1_ci_low"], metrics["best_eval_f1_ci_high"]
+        assert f"{f1:.4f} ({low:.3f}-{high:.3f})" in trial_rows[number], trial_rows[number]
+    # The confirmed table: one row per configuration, the winner marked, and the verdict under it.
+    winner = int(parent["confirmed_trial"])
+    confirmed = [c for c in cells if "&lt;- winner" in c or (len(c) <= 8 and "±" in " ".join(c))]
+    assert len(confirmed) == 2 and [c[0] for c in confirmed if "&lt;- winner" in c] == [str(winner)]
+    won = next(c for c in confirmed if c[0] == str(winner))
+    assert f"{parent['confirmed_mean_eval_f1']:.4f} ± {parent['confirmed_sd_eval_f1']:.4f}" in won
+    assert f"confirmed winner: trial {winner}, f1 {parent['confirmed_mean_eval_f1']:.4f}" in page
+    # Optuna's plots as plotly divs, plotly.js inlined: nothing is fetched from the network.
+    for name in ("optimization_history", "parallel_coordinate", "intermediate_values"):
+        assert f'id="plot-tiny-{name}"' in page
+    assert "Plotly.newPlot" in page and len(page) > 1_000_000  # plotly.min.js itself is megabytes
+    assert not re.search(r"<script[^>]*\bsrc=", page, flags=re.I)
+    assert not re.search(r"<(link|img|iframe)[^>]*(href|src)=[\"']?https?://", page, flags=re.I)
+
+
+def test_html_report_to_a_bad_file_is_a_one_line_error(run_sweep, tmp_path, capsys, premade_mlflow_db):
+    assert run_sweep("--trials", "1").code == 0
+    for bad, words in ((tmp_path / "missing" / "r.html", "no folder"), (tmp_path, "is a folder")):
+        code, out, err = report(capsys, "--study", "tiny", "--html", str(bad))
+        assert code == 2 and err.count("\n") == 1 and words in err and out == "", err
+    assert not (tmp_path / "missing").exists()
+    # A folder that goes away between the check and the write: still one line, nothing half-written.
+    import runner.report
+
+    folder = tmp_path / "gone"
+    folder.mkdir()
+    real = runner.report.html_page
+
+    def page_then_folder_gone(*args):
+        text = real(*args)
+        folder.rmdir()
+        return text
+
+    runner.report.html_page = page_then_folder_gone
+    try:
+        code, out, err = report(capsys, "--study", "tiny", "--html", str(folder / "r.html"))
+    finally:
+        runner.report.html_page = real
+    assert code == 2 and err.count("\n") == 1 and "cannot write there" in err, err
+    assert not folder.exists()

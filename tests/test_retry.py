@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 import runner.search.objective
 
 pytestmark = [
-    pytest.mark.usefixtures("premade_mlflow_db"),
+    pytest.mark.usefixtures("premade_mlflow_db", "fake_train"),  # bookkeeping: scripted epochs, no training
     pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning"),
 ]
 

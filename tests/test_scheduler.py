@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 import optuna
 import pytest
@@ -35,9 +36,18 @@ def test_sqlite_storage_uses_wal(storage_url, tmp_path):
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_study_lock_excludes_other_holders(storage_url):
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def lock_storage(request, storage_url) -> str:
+    """Each backend's lock: an flock next to a SQLite file, an advisory lock on a PostgreSQL server."""
+    if request.param == "sqlite":
+        return storage_url
+    return request.getfixturevalue("postgres_url")  # skips (or fails in CI) without a server
+
+
+def test_study_lock_excludes_other_holders(lock_storage):
     """Two locks on one study (two workers): while one holds it, the other cannot take it; after release it can."""
-    first, second = StudyLock(storage_url, "s"), StudyLock(storage_url, "s")
+    name = f"lock-{uuid.uuid4().hex[:8]}"  # advisory locks are server-wide: a study name no other run uses
+    first, second = StudyLock(lock_storage, name), StudyLock(lock_storage, name)
     try:
         first.acquire()
         assert not second.try_acquire()
@@ -142,7 +152,7 @@ def test_a_killed_but_unreaped_worker_counts_as_dead():
         child.wait()
 
 
-@pytest.mark.usefixtures("premade_mlflow_db")
+@pytest.mark.usefixtures("premade_mlflow_db", "fake_train")  # bookkeeping: scripted epochs, no training
 def test_a_worker_that_stops_while_others_run_leaves_the_study_run_open(run_sweep, store, monkeypatch):
     """Only the last worker to stop ends the study run; until then it stays RUNNING, never KILLED or FINISHED."""
     import socket

@@ -40,6 +40,23 @@ def secret_database(postgres_url):
         conn.execute(f"DROP ROLE IF EXISTS {role}")
 
 
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory, _empty_mlflow_db):
+    """Overrides conftest's: the same tracking server, on a copy of an empty MLflow database.
+
+    The server would otherwise create MLflow's schema itself before it answers: seconds of migrations
+    that test nothing here (test_sweep_records_everything covers a store created from nothing).
+    """
+    import shutil
+
+    from conftest import start_mlflow_server
+
+    root = tmp_path_factory.mktemp("mlflow-server")
+    shutil.copyfile(_empty_mlflow_db, root / "mlflow.db")
+    with start_mlflow_server(f"sqlite:///{root / 'mlflow.db'}", root) as uri:
+        yield uri, root
+
+
 def _dump_database(url) -> str:
     """Every row of every table in the database, as text (the Optuna study, its trials and attributes)."""
     import psycopg
@@ -58,28 +75,46 @@ def _every_byte(folder: Path) -> bytes:
     return b"\n".join(path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file())
 
 
+def _run(command: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *command], cwd=cwd, env=env, capture_output=True, timeout=280)
+
+
 @pytest.mark.e2e
 def test_no_password_anywhere_after_sweep_and_export(
     tmp_path, secret_database, mlflow_server, sweep_yaml, mrpc_dir, tiny_model
 ):
+    """A sweep and an export with the passwords in their URLs, then the README's way: the password only in PGPASSWORD.
+
+    The third command, the same sweep to one more trial with a storage URL that names no password, is
+    the check that PGPASSWORD alone is enough (for every connection a sweep makes); its output is
+    searched for the passwords too.
+    """
     server_uri, server_root = mlflow_server
     storage = secret_database.set(password=STORAGE_SECRET).render_as_string(hide_password=False)
+    no_password = secret_database.render_as_string(hide_password=False)
+    assert STORAGE_SECRET not in no_password
     tracking = server_uri.replace("http://", f"http://runner:{TRACKING_SECRET}@")
     machine = tmp_path / "machine"
     machine.mkdir()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     env.pop("PGPASSWORD", None)
-    common = ["--storage", storage, "--tracking-uri", tracking, "--study", "secret"]
+    common = ["--tracking-uri", tracking, "--study", "secret"]
     sweep = [*("--config", str(sweep_yaml), "--data-dir", str(mrpc_dir), "--model", str(tiny_model))]
-    sweep += ["--no-system-metrics", "--trials", "2", *common]
+    sweep = ["runner.sweep", *sweep, "--no-system-metrics", *common]
     outputs = []
-    for command in (["runner.sweep", *sweep], ["runner.export", *common, "--data-dir", str(mrpc_dir)]):
-        result = subprocess.run(
-            [sys.executable, "-m", *command], cwd=machine, env=env, capture_output=True, timeout=280
-        )
+    for command, command_env in (
+        ([*sweep, "--trials", "2", "--storage", storage], env),
+        (["runner.export", *common, "--storage", storage, "--data-dir", str(mrpc_dir)], env),
+        ([*sweep, "--trials", "3", "--storage", no_password], {**env, "PGPASSWORD": STORAGE_SECRET}),
+    ):
+        result = _run(command, machine, command_env)
         assert result.returncode == 0, result.stderr.decode()[-3000:]
         outputs += [result.stdout, result.stderr]
 
+    import optuna
+
+    study = optuna.load_study(study_name="secret", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3, "the PGPASSWORD run added its trial"
     best = machine / "mlruns" / "best" / "secret"
     assert (best / "runner_config.yaml").is_file() and (best / "model.safetensors").is_file()
     places = {
@@ -97,19 +132,15 @@ def test_no_password_anywhere_after_sweep_and_export(
 
 
 @pytest.mark.e2e
-def test_password_only_in_pgpassword_is_enough(tmp_path, secret_database, sweep_yaml, mrpc_dir, tiny_model):
-    """The README's way to keep a password off the command line: the URL names no password at all."""
+def test_a_url_without_the_password_is_refused_in_one_line(tmp_path, secret_database, sweep_yaml):
+    """The password is really needed: with neither PGPASSWORD nor a pgpass file the server refuses, in one line.
+
+    (That PGPASSWORD alone is enough is the third command of test_no_password_anywhere_after_sweep_and_export.)
+    """
     storage = secret_database.render_as_string(hide_password=False)
-    assert STORAGE_SECRET not in storage
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), "PGPASSWORD": STORAGE_SECRET}
-    command = [sys.executable, "-m", "runner.sweep", "--config", str(sweep_yaml), "--data-dir", str(mrpc_dir)]
-    command += ["--model", str(tiny_model), "--no-system-metrics", "--trials", "1", "--study", "pgpass"]
-    result = subprocess.run([*command, "--storage", storage], cwd=tmp_path, env=env, capture_output=True, timeout=280)
-    assert result.returncode == 0, result.stderr.decode()[-3000:]
-    # And the password is really needed: without it the server refuses, in one line.
-    env.pop("PGPASSWORD")
-    env["PGPASSFILE"] = str(tmp_path / "no-such-pgpass")
-    refused = subprocess.run([*command, "--storage", storage], cwd=tmp_path, env=env, capture_output=True, timeout=280)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PGPASSFILE": str(tmp_path / "no-such-pgpass")}
+    env.pop("PGPASSWORD", None)
+    refused = _run(["runner.sweep", "--config", str(sweep_yaml), "--storage", storage], tmp_path, env)
     assert refused.returncode == 2
     assert len(refused.stderr.decode().strip().splitlines()) == 1, refused.stderr.decode()
     assert "password" in refused.stderr.decode().lower()

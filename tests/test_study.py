@@ -160,3 +160,14 @@ def test_an_existing_study_is_opened_and_nothing_is_created(tmp_path):
     assert sqlite_file(f"sqlite+pysqlite:///{tmp_path / 'optuna.db'}?timeout=3") == tmp_path / "optuna.db"
     assert sqlite_file("sqlite:///:memory:") is None and sqlite_file("sqlite://") is None
     assert sqlite_file("postgresql://h/db") is None and sqlite_file("not a url") is None
+
+
+def test_the_objective_is_named_in_the_storage(tmp_path):
+    """optuna-dashboard and Optuna's plots read the metric's name from the storage: a fresh load sees it."""
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    optuna.create_study(study_name="old", storage=storage, direction="maximize")  # made before names were stored
+    assert optuna.load_study(study_name="old", storage=storage).metric_names is None
+    for name, metric in (("s", "eval_f1"), ("old", "eval_f1"), ("loss", "eval_loss")):
+        direction = "minimize" if metric == "eval_loss" else "maximize"
+        make_study(_cfg(name=name, storage=storage, metric=metric, direction=direction))
+        assert optuna.load_study(study_name=name, storage=storage).metric_names == [metric]

@@ -33,6 +33,7 @@ def states(study) -> list[str]:
     return [t.state.name for t in sorted(study.trials, key=lambda t: t.number)]
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_sweep_records_everything(run_sweep, store, tmp_path, tiny_model):
     """3 trials: one parent run, 3 nested children with params, per-epoch metrics, artifacts; Optuna agrees."""
     plots = ("--set", "tracking.study_plots=true")
@@ -94,6 +95,7 @@ def test_sweep_records_everything(run_sweep, store, tmp_path, tiny_model):
 
 
 @pytest.mark.usefixtures("premade_mlflow_db")
+@pytest.mark.usefixtures("fake_train")
 def test_pruned_trial(run_sweep, store, monkeypatch):
     """A pruned trial ends PRUNED in Optuna, KILLED with optuna.state=PRUNED in MLflow, and counts as finished."""
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: self.number == 1)
@@ -107,6 +109,7 @@ def test_pruned_trial(run_sweep, store, monkeypatch):
     assert [c.info.status for c in store.children()] == ["FINISHED", "KILLED"]
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_last_epoch_is_never_pruned(run_sweep, store, monkeypatch):
     """A trial that ran all its epochs has a finished result: pruning it then would only throw it away."""
     monkeypatch.setattr(optuna.trial.Trial, "should_prune", lambda self: True)
@@ -129,6 +132,7 @@ def _new_model_failing(monkeypatch, calls_that_fail, error):
 
 
 @pytest.mark.usefixtures("premade_mlflow_db")
+@pytest.mark.usefixtures("fake_train")
 def test_failing_trial_does_not_stop_the_sweep(run_sweep, store, monkeypatch):
     _new_model_failing(monkeypatch, {2}, RuntimeError("out of memory"))
     result = run_sweep("--trials", "2")
@@ -213,6 +217,7 @@ def test_cli_subprocess_config_error(tmp_path, yaml_text, flags, expected):
     assert not (tmp_path / "mlruns").exists()
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_trials_hold_their_run_ids_and_the_saved_config_its_data_folder(run_sweep, store, tmp_path, mrpc_dir):
     """The run id lives on the Optuna trial; a relative --data-dir is saved, absolute, in the config."""
     import shutil

@@ -22,6 +22,7 @@ def running_runs(store) -> list[str]:
     return [r.info.run_name for r in store.runs() if r.info.status == "RUNNING"]
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_resume_continues_to_the_new_total(run_sweep, store):
     """--trials 2, then --trials 3: one more trial under the same parent run; --trials 3 again runs nothing."""
     assert run_sweep("--trials", "2").code == 0
@@ -45,6 +46,7 @@ def test_resume_continues_to_the_new_total(run_sweep, store):
     assert "trials: 3 complete" in again.out
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_ctrl_c_then_resume(run_sweep, store, monkeypatch):
     """Ctrl-C in trial 1: exit 130, nothing left RUNNING; the same command then reaches the total."""
     real = runner.search.objective.new_model
@@ -76,6 +78,7 @@ def test_ctrl_c_then_resume(run_sweep, store, monkeypatch):
     assert running_runs(store) == []
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_sigterm_stops_like_ctrl_c(run_sweep, store, monkeypatch):
     """A job scheduler's SIGTERM ends the sweep cleanly and resumably (exit 130), not with a traceback."""
     real = runner.search.objective.new_model
@@ -92,6 +95,7 @@ def test_sigterm_stops_like_ctrl_c(run_sweep, store, monkeypatch):
     assert [t.state for t in store.study().trials] == [TrialState.FAIL]
 
 
+@pytest.mark.usefixtures("fake_train")
 def test_trial_of_a_dead_worker_is_failed_on_resume(run_sweep, store):
     """A trial left RUNNING by a killed process on this host is failed at once when the sweep restarts."""
     assert run_sweep("--trials", "1").code == 0

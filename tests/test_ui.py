@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 from conftest import skip_unless_required
@@ -87,9 +87,14 @@ def browser() -> str:
 @pytest.mark.ui
 @pytest.mark.e2e
 @pytest.mark.usefixtures("browser")
-def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep, store, tmp_path, premade_mlflow_db):
-    assert run_sweep("--trials", "2").code == 0
-    trials = store.children()
+def test_the_printed_link_opens_the_trial_runs_best_first_with_params_and_objective(
+    run_sweep, store, tmp_path, premade_mlflow_db, scripted_f1
+):
+    scripted_f1([0.9, 0.6])  # one epoch each: trial 0 is the best, so best first is not newest first
+    result = run_sweep("--trials", "2", "--set", "search_space.num_train_epochs=1")
+    assert result.code == 0, result.err
+    trials = sorted(store.children(), key=lambda run: run.info.run_name)
+    assert [run.data.metrics["best_eval_f1"] for run in trials] == [0.9, 0.6]
     port = free_port()
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     server = subprocess.Popen(
@@ -109,24 +114,30 @@ def test_the_ui_lists_the_study_and_its_trials_with_params_and_metrics(run_sweep
         base = f"http://127.0.0.1:{port}"
         assert printed and printed[0].strip() == f"MLflow UI: {base}", printed
         experiment_id = trials[0].info.experiment_id
-        assert f"  study tiny: {base}/#/experiments/{experiment_id}/runs\n" in printed
+        link = f"#/experiments/{experiment_id}/runs?viewStateShareKey=runner-trials&workflowType=machine_learning"
+        assert f"  study tiny: {base}/{link}\n" in printed
+        assert f"python -m runner.ui, then open http://127.0.0.1:5000/{link}\n" in result.out  # the sweep's summary
 
-        runs_page = rendered_text(f"{base}/#/experiments/{experiment_id}/runs", tmp_path, ["Run Name", "tiny"])
-        assert "Run Name" in runs_page and "tiny" in runs_page, runs_page[:2000]
+        rates = [run.data.params["learning_rate"] for run in trials]
+        expected = ["trial-000", "trial-001", "learning_rate", "best_eval_f1", *rates]
+        runs_page = rendered_text(f"{base}/{link}", tmp_path, expected)
+        missing = [item for item in expected if item not in runs_page]
+        assert not missing, f"missing {missing} in: {runs_page[:3000]}"
+        # Best first (trial 0 is older: newest first would show trial-001 first); only the searched params.
+        assert runs_page.index("trial-000") < runs_page.index("trial-001"), runs_page[:3000]
+        assert "per_device_train_batch_size" not in runs_page and "num_train_epochs" not in runs_page
+        screenshot = tmp_path / "mlflow-ui-trial-runs.png"
+        chromium(f"{base}/{link}", tmp_path / "profile-shot", 30_000, f"--screenshot={screenshot}")
+        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
+        print(f"screenshot: {screenshot}")
 
         ids = quote(json.dumps([run.info.run_id for run in trials]))
         compare = f"{base}/#/compare-runs?runs={ids}&experiments={quote(json.dumps([experiment_id]))}"
-        params = [run.data.params["learning_rate"] for run in trials]
-        expected = ["trial-000", "trial-001", "learning_rate", "num_train_epochs", "best_eval_f1", "eval_f1", *params]
+        expected = ["trial-000", "trial-001", "learning_rate", "num_train_epochs", "best_eval_f1", "eval_f1", *rates]
         page = rendered_text(compare, tmp_path, expected)
         missing = [item for item in expected if item not in page]
         assert not missing, f"missing {missing} in: {page[:3000]}"
         assert "Comparing 2 Runs" in page
-
-        screenshot = tmp_path / "mlflow-ui-compare.png"
-        chromium(compare, tmp_path / "profile-shot", 30_000, f"--screenshot={screenshot}")
-        assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 20_000
-        print(f"screenshot: {screenshot}")
     finally:
         server.send_signal(signal.SIGINT)
         try:
@@ -160,3 +171,38 @@ def test_a_missing_store_is_a_one_line_error(tmp_path, monkeypatch, capsys):
     out, err = capsys.readouterr()
     assert code == 2 and err.count("\n") == 1 and "run a sweep first" in err
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_a_study_opens_on_its_runs_and_its_link_stores_the_trial_runs_view(tmp_path, monkeypatch, premade_mlflow_db):
+    """The experiment kind the UI reads, and the shared view the printed link opens, without a browser."""
+    from mlflow.tracking import MlflowClient
+
+    from runner.record.runs import Objective, Tracker, trial_runs_link
+
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
+    client, kind = MlflowClient(uri), "mlflow.experimentKind"
+    client.set_experiment_tag(client.create_experiment("guessed"), kind, "genai_development_inferred")
+    client.set_experiment_tag(client.create_experiment("chosen"), kind, "genai_development")
+    trackers = {name: Tracker(uri, name, str(tmp_path / "art"), False) for name in ("new", "guessed", "chosen")}
+    kinds = {e.name: e.tags.get(kind) for e in client.search_experiments() if e.name in trackers}
+    # Runner's own and the UI's guess become the runs table; a kind someone chose in the UI stays.
+    assert kinds == {
+        "new": "custom_model_development",
+        "guessed": "custom_model_development",
+        "chosen": "genai_development",
+    }
+
+    eid = trackers["new"].experiment_id
+    before = parse_qs(urlsplit(trial_runs_link(uri, eid)).fragment.partition("?")[2])
+    assert before == {"searchFilter": ["tags.`runner.role` = 'trial'"], "workflowType": ["machine_learning"]}
+    link = trial_runs_link(uri, eid, Objective("eval_loss", "minimize", ["learning_rate", "warmup_ratio"]))
+    assert link == f"#/experiments/{eid}/runs?viewStateShareKey=runner-trials&workflowType=machine_learning"
+    assert trial_runs_link(uri, eid) == link  # runner.ui, which knows no objective, opens the same view
+    view = json.loads(client.get_experiment(eid).tags["mlflow.sharedViewState.runner-trials"])
+    assert view == {
+        "searchFilter": "tags.`runner.role` = 'trial'",
+        "orderByKey": "metrics.`best_eval_loss`",
+        "orderByAsc": True,
+        "selectedColumns": ["params.`learning_rate`", "params.`warmup_ratio`", "metrics.`best_eval_loss`"],
+    }

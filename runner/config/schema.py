@@ -7,10 +7,11 @@ turn a typo into an error before a sweep starts. Loading from YAML is in runner.
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError, model_validator
 
 from runner.config.space import Categorical, FloatRange, IntRange, SpaceEntry, _Strict, values_of
 from runner.errors import ConfigError
@@ -30,6 +31,8 @@ MAX_EPOCHS = 100
 MAX_BATCH_SIZE = 4096
 # Reruns of a crashed trial: a trial that keeps crashing its worker is broken, not unlucky.
 MAX_RETRIES = 10
+# A time budget (--timeout, study.timeout): 30 days, far above any sweep's, so an extra zero is an error.
+MAX_TIMEOUT_S = 30 * 24 * 3600
 
 
 def check_name(flag: str, value: str) -> str:
@@ -40,6 +43,39 @@ def check_name(flag: str, value: str) -> str:
     if not re.fullmatch(NAME_PATTERN, value):
         raise ConfigError(f"{flag} {value!r} is not a valid name: use {NAME_RULE}")
     return value
+
+
+DURATION_RULE = "a duration such as 90s, 45m, 2h or 1h30m, or a number of seconds"
+_DURATION = re.compile(r"(?:(?P<h>\d+(?:\.\d+)?)h)?(?:(?P<m>\d+(?:\.\d+)?)m)?(?:(?P<s>\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(value: Any) -> float:
+    """Seconds in ``90s``, ``45m``, ``2h``, ``1h30m`` or a bare number of seconds; ValueError otherwise.
+
+    The one reader of ``--timeout`` and ``study.timeout``, so the flag and the file accept the same text.
+    """
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and looks_numeric(value.strip()):
+        seconds = float(value.strip())
+    elif isinstance(value, str) and value.strip() and (found := _DURATION.fullmatch(value.strip().lower())):
+        parts = {unit: float(n) for unit, n in found.groupdict().items() if n is not None}
+        seconds = 3600 * parts.get("h", 0) + 60 * parts.get("m", 0) + parts.get("s", 0)
+    else:
+        raise ValueError(f"expected {DURATION_RULE}, got {value!r}")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise ValueError(f"expected a duration of more than 0 seconds, got {value!r}")
+    if seconds > MAX_TIMEOUT_S:
+        raise ValueError(f"at most {MAX_TIMEOUT_S // 86400} days, got {value!r}")
+    return seconds
+
+
+def _optional_duration(value: Any) -> float | None:
+    return None if value is None else parse_duration(value)
+
+
+# Seconds, read from a duration; validated before pydantic's strict float check sees it.
+Duration = Annotated[float | None, BeforeValidator(_optional_duration)]
 
 
 class Hyperparameters(_Strict):
@@ -99,6 +135,9 @@ class StudyConfig(_Strict):
     # Rerun a trial whose worker crashed or was stopped up to this many times, with the same
     # params. Trials that raised (a NaN loss, a bad batch size) would fail the same way again.
     retry_failed: Annotated[int, Field(ge=0, le=MAX_RETRIES)] = 0
+    # A time budget for the whole command (search and confirmation), e.g. 45m; null means none.
+    # The same command with a larger budget continues the study (runner.search.budget).
+    timeout: Duration = None
     confirm: ConfirmConfig = ConfirmConfig()
 
 

@@ -76,7 +76,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
         {
             "trial": frame["number"],
             "state": frame["state"],
-            "value": frame["value"],
+            # A study that names its objective (runner.search.study) gets ``value_<name>`` from Optuna.
+            "value": frame["value" if "value" in frame.columns else f"value_{study.metric_names[0]}"],
             **{name: frame[f"params_{name}"] for name in params},
             "precision": attr("precision"),
             "accuracy": [b.get("eval_accuracy") if isinstance(b, dict) else None for b in attr("best_metrics")],

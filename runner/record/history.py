@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 # The Optuna trial user attr that holds the trial's MLflow run id: the one place it is kept.
 TRIAL_RUN_ATTR = "mlflow_run_id"
+CONFIRMED_CSV = "confirmed.csv"  # the study run's artifact: the confirmation stage's table
 
 
 def list_studies(tracking_uri: str) -> list[tuple[str, str]]:
@@ -88,22 +89,30 @@ def search_trial_runs(tracking_uri: str, study: str):
     )
 
 
-def search_confirm_runs(tracking_uri: str, study: str):
-    """The confirmation stage as MLflow recorded it: (its runs, the study run's metrics).
+def confirmed_result(tracking_uri: str, study: str):
+    """The confirmation stage's result as the study run records it: (its table, the study run's metrics).
 
-    The runs: every confirmation run (``runner.role=confirm``) as a pandas DataFrame, one row per run,
-    like ``search_trial_runs``. The metrics: the study run's (``confirmed_trial``, ``confirmed_mean_*``,
-    ``optimism_gap_*``...), read together because the runs alone do not say which configuration won.
+    The table is the ``confirmed.csv`` the sweep logs (one row per configuration: trial, params, runs,
+    mean, sd, min, max, winner), computed once by the sweep (``runner.search.confirm.summarize``);
+    an empty DataFrame when the study has no confirmation stage. The metrics: ``confirmed_trial``,
+    ``confirmed_mean_*``, ``optimism_gap_*``..., read together because they name the winner.
     """
-    experiment_id = study_experiment_id(tracking_uri, study)
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(
-        experiment_ids=[experiment_id], filter_string="tags.`runner.role` = 'confirm'", output_format="pandas"
+    import tempfile
+
+    import pandas as pd
+
+    client = mlflow_client(tracking_uri)
+    parent = client.search_runs(
+        [study_experiment_id(tracking_uri, study)], filter_string="tags.`runner.role` = 'study'", max_results=1
     )
-    parent = mlflow_client(tracking_uri).search_runs(
-        [experiment_id], filter_string="tags.`runner.role` = 'study'", max_results=1
-    )
-    return runs, dict(parent[0].data.metrics) if parent else {}
+    if not parent:
+        return pd.DataFrame(), {}
+    run = parent[0]
+    table = pd.DataFrame()
+    if CONFIRMED_CSV in {f.path for f in client.list_artifacts(run.info.run_id)}:
+        with tempfile.TemporaryDirectory() as tmp:
+            table = pd.read_csv(client.download_artifacts(run.info.run_id, CONFIRMED_CSV, tmp))
+    return table, dict(run.data.metrics)
 
 
 def searched_param_names(tracking_uri: str, study: str) -> list[str] | None:

@@ -9,13 +9,14 @@ itself up once, so only the first trial of a search gets params; optuna-integrat
 
 from __future__ import annotations
 
+import json
 import logging
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
-from urllib.parse import urlparse
+from typing import Any, NamedTuple
+from urllib.parse import quote, urlencode, urlparse
 
 import mlflow
 import optuna
@@ -40,7 +41,35 @@ STUDY_RUN_ATTR = "mlflow_run_id"  # Optuna study user attr that remembers the pa
 
 DEFAULT_ARTIFACTS = TrackingConfig().artifact_location
 
+STOPPED_TAG = "runner.stopped"  # on a run that was stopped by choice (the time budget), saying why
+
+
+class RunStopped(Exception):  # noqa: N818 - a stop by choice, not an error
+    """Raised inside ``Tracker.trial_run`` to end a run early by choice: KILLED/FAIL, tagged ``runner.stopped``.
+
+    Unlike an error it leaves no ``runner.error``: the run was cut short (by the time budget), nothing broke.
+    """
+
+
 SYSTEM_METRICS_INTERVAL_S = 10  # seconds between samples of a trial run's system/* metrics
+
+# The MLflow UI opens an experiment of this kind on its runs table. Without the tag it guesses the kind,
+# stores its guess (a kind ending in "_inferred") and may open its GenAI overview instead.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_KIND = "custom_model_development"
+# A view of the runs table (filter, order, columns) is stored the way the UI's Share button stores one: an
+# experiment tag "mlflow.sharedViewState.<key>", opened by "?viewStateShareKey=<key>" on the runs page.
+SHARED_VIEW_PREFIX = "mlflow.sharedViewState."
+TRIALS_VIEW_KEY = "runner-trials"
+TRIALS_FILTER = "tags.`runner.role` = 'trial'"
+
+
+class Objective(NamedTuple):
+    """What a study optimises, as the trial runs view shows it: sorted by ``best_<metric>``, params as columns."""
+
+    metric: str
+    direction: str  # maximize or minimize
+    params: list[str]
 
 
 def _artifact_uri(location: str) -> str:
@@ -59,6 +88,7 @@ class Tracker:
         self.client = MlflowClient(tracking_uri)
         self.system_metrics = system_metrics
         self.experiment_id = self._experiment(experiment, artifact_location)
+        mark_training_experiment(self.client, self.experiment_id)
         if db is not None:
             # Local workers (--workers K) write runs at once: with write-ahead logging readers never
             # wait for a writer, and MLflow's 5 s busy timeout is not reached.
@@ -123,6 +153,11 @@ class Tracker:
         for path in files:
             self.client.log_artifact(self.study_run_id, str(path))
 
+    def clear_study_run_tag(self, key: str) -> None:
+        """Remove ``key`` from the study run if it has it (a budget stop's note, once a later sweep finished)."""
+        if key in self.client.get_run(self.study_run_id).data.tags:
+            self.client.delete_tag(self.study_run_id, key)
+
     def close_study_run(self, status: str) -> None:
         """End the study run: FINISHED, KILLED (interrupted) or FAILED."""
         if self.study_run_id is not None:
@@ -146,7 +181,8 @@ class Tracker:
         ``trial`` for a search trial (``runner.phase=search``) or ``confirm`` for a confirmation
         run (``runner.phase=confirm``; its ``optuna.trial_number`` is in the confirmation study).
         Returns normally -> FINISHED/COMPLETE; ``optuna.TrialPruned`` -> KILLED/PRUNED;
-        Ctrl-C -> KILLED/FAIL (interrupted); any other exception -> FAILED/FAIL.
+        Ctrl-C -> KILLED/FAIL (interrupted); ``RunStopped`` -> KILLED/FAIL tagged ``runner.stopped``;
+        any other exception -> FAILED/FAIL.
         """
         run = self.client.create_run(
             self.experiment_id,
@@ -171,6 +207,9 @@ class Tracker:
             raise
         except KeyboardInterrupt:
             handle.end("KILLED", "FAIL", {"runner.error": "interrupted (Ctrl-C or SIGTERM)"})
+            raise
+        except RunStopped as stopped:
+            handle.end("KILLED", "FAIL", {STOPPED_TAG: str(stopped)})
             raise
         except BaseException as err:
             # An error may quote a URL with its password (a database driver's message): never record one.
@@ -237,3 +276,50 @@ class Tracker:
             self.client.set_terminated(run.info.run_id, status="FAILED")
             settled += 1
         return settled
+
+
+def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
+    """Tag the experiment so that the MLflow UI opens it on its runs table, not its GenAI overview.
+
+    A kind someone chose in the UI stays; a guess the UI stored (``*_inferred``) is replaced.
+    """
+    kind = client.get_experiment(experiment_id).tags.get(EXPERIMENT_KIND_TAG, "")
+    if kind in ("", "no_inferred_type") or kind.endswith("_inferred"):
+        client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
+
+
+def trial_runs_link(tracking_uri: str, experiment_id: str, objective: Objective | None = None) -> str:
+    """The MLflow UI's page of a study's trial runs, as the part of its URL after the server's address.
+
+    With ``objective``, the view is stored on the experiment first: the trial runs alone, best first
+    by ``best_<metric>``, with the searched params and that metric as columns. Without it, the link opens
+    the view stored before, or, for a study without one, the trial runs in the UI's default order.
+    ``workflowType`` keeps the UI in its machine-learning layout, whatever it showed last.
+    """
+    client = MlflowClient(absolute_sqlite_uri(tracking_uri))
+    tag = SHARED_VIEW_PREFIX + TRIALS_VIEW_KEY
+    stored = True
+    if objective is not None:
+        view = json.dumps(_trials_view(objective), sort_keys=True)
+        try:
+            if client.get_experiment(experiment_id).tags.get(tag) != view:
+                client.set_experiment_tag(experiment_id, tag, view)
+        except MlflowException as err:  # workers writing it at once; the link is a convenience, not a record
+            log.warning("could not store the trial runs view: %s", err)
+            stored = tag in client.get_experiment(experiment_id).tags
+    else:
+        stored = tag in client.get_experiment(experiment_id).tags
+    query = {"viewStateShareKey": TRIALS_VIEW_KEY} if stored else {"searchFilter": TRIALS_FILTER}
+    query["workflowType"] = "machine_learning"
+    return f"#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
+
+
+def _trials_view(objective: Objective) -> dict[str, Any]:
+    """The shared view state the UI reads: its search facets and the table's columns."""
+    score = f"best_{objective.metric}"
+    return {
+        "searchFilter": TRIALS_FILTER,
+        "orderByKey": f"metrics.`{score}`",
+        "orderByAsc": objective.direction == "minimize",
+        "selectedColumns": [*(f"params.`{name}`" for name in objective.params), f"metrics.`{score}`"],
+    }

@@ -16,16 +16,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 
 from runner.config import Hyperparameters, SweepConfig, to_yaml
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
 from runner.record.history import TRIAL_RUN_ATTR
-from runner.record.runs import Tracker
+from runner.record.runs import STOPPED_TAG, RunStopped, Tracker
 from runner.redact import redact_text
+from runner.search.budget import STOPPED_BY, Budget
 from runner.search.confirm import JOB_ATTR, candidate_checkpoint
+from runner.search.estimate import EpochClock, record_epoch
 from runner.search.progress import SweepProgress
 from runner.search.space import suggest
 from runner.training import bootstrap
@@ -60,6 +61,7 @@ class Objective:
     tracker: Tracker
     checkpoint: BestCheckpoint
     progress: SweepProgress
+    budget: Budget | None = None  # the time budget: a run stops at the epoch boundary it cannot pass in time
 
     def __call__(self, trial: optuna.Trial, run_tags: dict[str, str] | None = None) -> float:
         """Train one search trial and return its value; ``run_tags`` go on its MLflow run (a retry's links)."""
@@ -94,6 +96,9 @@ class Objective:
                 trial.number, "PRUNED", None, f" at epoch {trial.user_attrs.get('epochs_run')}"
             )
             raise
+        except RunStopped:  # by the time budget: no error, so a confirmation job stays free for the next command
+            self.progress.trial_finished(trial.number, "FAIL", None, f" ({STOPPED_BY})")
+            raise
         except Exception as err:
             _free_accelerator_memory()  # an out-of-memory trial must not starve the next one
             # Stored in the Optuna study: an error quoting a URL must not carry its password there.
@@ -127,14 +132,22 @@ class Objective:
         metric = self.cfg.study.metric
         maximize = self.cfg.study.direction == "maximize"
         prunable = role.kind == "trial"
+        clock = EpochClock()
+        out_of_time: list[str] = []  # why the time budget stopped this run, once it did
 
         def on_epoch(epoch: int, row: dict[str, float]) -> bool:
+            record_epoch(trial, clock.lap())  # what the ETA and the time budget estimate from
             run.log_metrics({k: row[k] for k in PER_EPOCH_METRICS if k in row}, step=epoch)
             self.progress.epoch(trial.number, epoch, hp.num_train_epochs, row)
             trial.set_user_attr("epochs_run", epoch)
+            if prunable:
+                trial.report(row[metric], step=epoch)  # first: a trial the budget stops is pruned with this score
+            why = self.budget.stops_run(trial, epoch, hp.num_train_epochs) if self.budget is not None else None
+            if why is not None:
+                out_of_time.append(why)
+                return True
             if not prunable:  # a confirmation run measures the configuration: it always runs to the end
                 return False
-            trial.report(row[metric], step=epoch)
             # Pruning after the last epoch would only throw away a finished result.
             return epoch < hp.num_train_epochs and trial.should_prune()
 
@@ -166,6 +179,8 @@ class Objective:
             if result.probabilities is not None:
                 files += self._prediction_files(trial.number, result.probabilities, Path(tmp))
             run.log_files(files)
+        if out_of_time:
+            _stop_for_time(trial, run, role, out_of_time[0])
         if result.stopped_at_epoch is not None:
             raise optuna.TrialPruned(f"pruned after epoch {result.stopped_at_epoch}")
         self._flag_collapse(result.probabilities, run)
@@ -192,9 +207,8 @@ class Objective:
         """
         if probs is None:
             return {}
-        labels = np.asarray(self.data.splits["validation"]["label"])
         predictions = probs.argmax(axis=-1)
-        found = bootstrap.intervals(labels, predictions)
+        found = bootstrap.intervals(self.data.validation_labels, predictions)
         trial.set_user_attr("predictions", bootstrap.encode(predictions))
         trial.set_user_attr("intervals", {k: [low, high] for k, (_, low, high) in found.items()})
         return {
@@ -221,6 +235,17 @@ class Objective:
             only = predicted.pop()
             run.set_tags({"runner.collapsed": f"predicts only class {only} (majority-class baseline)"})
             log.warning("trial's model predicts only class %d: it has collapsed to the baseline", only)
+
+
+def _stop_for_time(trial: optuna.Trial, run, role: Role, why: str) -> None:
+    """End a run the time budget stopped: a search trial is pruned (it has scored epochs), a confirmation
+    run raises RunStopped (failed with no error: its job stays free). Both say why on the trial and the run."""
+    trial.set_user_attr(STOPPED_TAG, STOPPED_BY)
+    log.info("%s %d: %s", "confirmation" if role.kind == "confirm" else "trial", trial.number, why)
+    if role.kind == "confirm":
+        raise RunStopped(why)
+    run.set_tags({STOPPED_TAG: why})
+    raise optuna.TrialPruned(why)
 
 
 def _free_accelerator_memory() -> None:

@@ -1,21 +1,46 @@
-"""What the user sees while a sweep runs: trials done/total, epoch and step, best so far."""
+"""What the user sees while a sweep runs: trials done/total, epoch and step, best so far.
+
+SweepProgress writes the plain lines (one per trial and epoch, a step line every 30 s on long
+epochs) and feeds the same events to an optional second view, the live display of a terminal
+(runner.search.display): objective.py talks to SweepProgress alone, whichever view runs.
+"""
 
 from __future__ import annotations
 
 import logging
+import time
+from typing import Protocol
 
 from runner.training.metrics import is_better
 
 log = logging.getLogger("runner")
 
+STEP_LINE_SECONDS = 30.0  # a step line at most this often: logs stay readable; the live view gets every call
+
+
+class ProgressView(Protocol):
+    """A second view of the sweep's events; each call comes after SweepProgress updated its counts."""
+
+    def trial_started(self, progress: SweepProgress, number: int, params: dict) -> None: ...
+
+    def epoch(self, progress: SweepProgress, number: int, epoch: int, epochs: int, row: dict[str, float]) -> None: ...
+
+    def step(self, progress: SweepProgress, number: int, epoch: float, step: int, steps: int) -> None: ...
+
+    def trial_finished(self, progress: SweepProgress, number: int, state: str, value: float | None) -> None: ...
+
 
 class SweepProgress:
-    """Logs one line per epoch and per trial, and a step line on long epochs."""
+    """Logs one line per epoch and per trial, and a step line on long epochs; feeds ``view`` the same events."""
 
-    def __init__(self, total: int, done: int, metric: str, maximize: bool, kind: str = "trial"):
+    def __init__(
+        self, total: int, done: int, metric: str, maximize: bool, kind: str = "trial", view: ProgressView | None = None
+    ):
         self.total, self.done, self.metric, self.maximize = total, done, metric, maximize
         self.kind = kind  # "trial", or "confirmation" for the confirmation stage's runs
         self.best: tuple[float, int] | None = None
+        self.view = view
+        self._last_step_line = time.monotonic()
 
     def set_best(self, value: float | None, trial_number: int | None) -> None:
         """Seed the best-so-far from the study (resumed sweeps)."""
@@ -26,17 +51,23 @@ class SweepProgress:
         return f"best {self.metric}={self.best[0]:.4f} ({self.kind} {self.best[1]})" if self.best else "no best yet"
 
     def trial_started(self, number: int, params: dict) -> None:
-        shown = ", ".join(f"{k}={_fmt(v)}" for k, v in params.items())
-        log.info("%s %d started [%d/%d done] %s", self.kind, number, self.done, self.total, shown)
+        log.info("%s %d started [%d/%d done] %s", self.kind, number, self.done, self.total, params_text(params))
+        self._last_step_line = time.monotonic()
+        if self.view is not None:
+            self.view.trial_started(self, number, params)
 
     def epoch(self, number: int, epoch: int, epochs: int, row: dict[str, float]) -> None:
-        metrics = " ".join(
-            f"{k.removeprefix('eval_')}={row[k]:.4f}" for k in ("eval_f1", "eval_accuracy", "eval_loss") if k in row
-        )
-        log.info("%s %d epoch %d/%d: %s | %s", self.kind, number, epoch, epochs, metrics, self._best_text())
+        log.info("%s %d epoch %d/%d: %s | %s", self.kind, number, epoch, epochs, epoch_metrics(row), self._best_text())
+        if self.view is not None:
+            self.view.epoch(self, number, epoch, epochs, row)
 
     def step(self, number: int, epoch: float, step: int, steps: int) -> None:
-        log.info("%s %d epoch %.2f step %d/%d", self.kind, number, epoch, step, steps)
+        """Training's step hook (often, see runner.training.train): a line every 30 s, the view every call."""
+        if time.monotonic() - self._last_step_line > STEP_LINE_SECONDS:
+            self._last_step_line = time.monotonic()
+            log.info("%s %d epoch %.2f step %d/%d", self.kind, number, epoch, step, steps)
+        if self.view is not None:
+            self.view.step(self, number, epoch, step, steps)
 
     def trial_finished(self, number: int, state: str, value: float | None, note: str = "") -> None:
         if state in ("COMPLETE", "PRUNED"):
@@ -49,7 +80,17 @@ class SweepProgress:
             "%s %d %s%s%s [%d/%d done] | %s",
             *(self.kind, number, state, shown, note, self.done, self.total, self._best_text()),
         )
+        if self.view is not None:
+            self.view.trial_finished(self, number, state, value)
 
 
-def _fmt(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
+def params_text(params: dict) -> str:
+    """``learning_rate=5e-05, num_train_epochs=3``: a trial's params as every view shows them."""
+    return ", ".join(f"{k}={f'{v:.3g}' if isinstance(v, float) else v}" for k, v in params.items())
+
+
+def epoch_metrics(row: dict[str, float]) -> str:
+    """``f1=0.8123 accuracy=0.7700 loss=0.4512``: an epoch's scores as every view shows them."""
+    return " ".join(
+        f"{k.removeprefix('eval_')}={row[k]:.4f}" for k in ("eval_f1", "eval_accuracy", "eval_loss") if k in row
+    )

@@ -6,12 +6,13 @@ together they finish exactly ``study.n_trials`` trials under one MLflow study ru
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
+import time
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 from optuna.trial import TrialState
 
@@ -20,6 +21,8 @@ from runner.errors import ConfigError, WorkFailed
 from runner.record.checkpoint import BestCheckpoint
 from runner.record.runs import Tracker
 from runner.record.store import check_reachable
+from runner.search import budget as time_budget
+from runner.search.budget import Budget
 from runner.search.confirm import (
     Confirmation,
     candidate_checkpoint,
@@ -31,6 +34,8 @@ from runner.search.confirm import (
     open_confirm_study,
     summarize,
 )
+from runner.search.display import SweepDisplay
+from runner.search.estimate import TrialTimes
 from runner.search.guard import FailureGuard
 from runner.search.objective import Objective
 from runner.search.progress import SweepProgress
@@ -79,15 +84,23 @@ def prepare_inputs(cfg: SweepConfig) -> Inputs:
     return Inputs(data, source, tokenizer, tokenized)
 
 
-def run_sweep(cfg: SweepConfig) -> int:
+def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None) -> int:
     """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed.
 
     Any number of workers may run this at once against one storage and tracking store:
     together they finish exactly ``n_trials`` trials under one MLflow study run.
+    ``live``: show the live display (runner.search.display) on stderr, a terminal, besides the log lines.
+    With ``study.timeout`` the command stops by itself within that budget, counted from ``started``
+    (unix time, default now), and the same command with a larger budget continues the study.
     """
+    started = time.time() if started is None else started
     inputs = prepare_inputs(cfg)
+    display = SweepDisplay() if live else None
     lock = _open_lock(cfg)
+    screen = contextlib.ExitStack()
     try:
+        if display is not None:
+            screen.enter_context(display.shown())
         # One worker at a time creates the tables, the study, the experiment and the study run:
         # the second one in finds them and joins (see runner.workers.storage).
         with lock:
@@ -96,35 +109,44 @@ def run_sweep(cfg: SweepConfig) -> int:
                 cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, cfg.tracking.system_metrics
             )
             tracker.open_study_run(study, reproduction_tags(cfg))
+            # Opened once and handed to whoever reads the stage: each opening costs a schema check.
+            confirm = open_confirm_study(cfg) if cfg.study.confirm.top_k > 0 else None
+            budget = time_budget.join(study, cfg.study.timeout, started) if cfg.study.timeout else None
         status = "KILLED"  # unless we get to the end: Ctrl-C, SIGTERM or a bug
+        cut = None  # what the time budget left undone
         try:
             tracker.log_dataset(dict(inputs.data.splits), inputs.data.source, "mrpc")
             with lock:
                 settle_stale(study, tracker)
             checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
             checkpoint.remove_leftovers()
-            objective, guard = optimize(study, cfg, inputs, tracker, checkpoint, lock)
-            if not guard.tripped and cfg.study.confirm.top_k > 0:
-                guard = confirm_stage(study, cfg, objective, checkpoint, lock)
+            objective, guard = optimize(study, cfg, inputs, tracker, checkpoint, lock, display, budget)
+            # A search the budget cut short gets no confirmation stage yet: its plan would freeze the top so far.
+            searched = len(study.get_trials(deepcopy=False, states=FINISHED)) >= cfg.study.n_trials
+            if not guard.tripped and cfg.study.confirm.top_k > 0 and (budget is None or searched):
+                guard = confirm_stage(study, confirm, cfg, objective, checkpoint, lock, display, budget)
             status = "FAILED" if guard.tripped else "FINISHED"
+            cut = time_budget.unfinished(study, cfg, confirm) if budget is not None and not guard.tripped else None
         finally:
             # One worker at a time writes the study's results: two workers tagging the same trial
             # runs at once collide in MLflow's database (a duplicate-key error on PostgreSQL).
             with lock:
-                finish_study_run(study, tracker, cfg, status, validation_labels(inputs))
+                if status == "FINISHED":  # the study run says whether the budget cut this sweep short
+                    time_budget.mark_study_run(tracker, cut)
+                if budget is not None:
+                    time_budget.release(study, budget, confirm)
+                marks = finish_study_run(study, tracker, cfg, status, inputs.data.validation_labels, confirm)
     finally:
+        screen.close()  # the display's last frame, before the summary or an error line
         lock.close()
     if guard.tripped:
         raise SweepFailed(
             f"stopped: {len(guard.errors)} of {guard.attempts} trials failed; most common error: {guard.common_error()}"
         )
-    print_summary(study, cfg, checkpoint, validation_labels(inputs))
+    if cut is not None:
+        log.info("%s", time_budget.stop_note(cut))
+    print_summary(study, cfg, checkpoint, marks, confirm, stopped=cut)
     return 0
-
-
-def validation_labels(inputs: Inputs) -> np.ndarray:
-    """The labels of the validation pairs every trial is scored on, in row order."""
-    return np.asarray(inputs.data.splits["validation"]["label"])
 
 
 def _open_lock(cfg: SweepConfig) -> StudyLock:
@@ -141,15 +163,24 @@ def optimize(
     tracker: Tracker,
     checkpoint: BestCheckpoint,
     lock: StudyLock,
+    display: SweepDisplay | None = None,
+    budget: Budget | None = None,
 ) -> tuple[Objective, FailureGuard]:
-    """Run trials until the study has ``n_trials`` finished ones (across all workers) or too many fail."""
+    """Run trials until the study has ``n_trials`` finished ones (across all workers), too many fail,
+    or the time ``budget`` has no room for another trial."""
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
-    progress = SweepProgress(cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize")
+    progress = SweepProgress(
+        cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize", view=display
+    )
+    if display is not None:
+        display.attach(study, lambda: TrialTimes.from_study(study))
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         progress.set_best(study.best_value, study.best_trial.number)
     objective = Objective(
         cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, checkpoint, progress
     )
+    objective.budget = budget
+    epochs = time_budget.min_epochs(cfg)  # the cheapest trial the space allows: what the budget must fit
     guard = FailureGuard(cfg.study.max_failure_rate)
     log.info(
         "study %r: %d/%d trials finished; model %s; fp16=true runs as %s",
@@ -178,28 +209,37 @@ def optimize(
         cfg.study.n_trials,
         lock,
         callbacks=[guard],
-        should_stop=lambda: guard.tripped,
+        should_stop=lambda: guard.tripped or (budget is not None and not budget.allows_trial([study], epochs)),
         retry_failed=cfg.study.retry_failed,
     )
     return objective, guard
 
 
 def confirm_stage(
-    study: optuna.Study, cfg: SweepConfig, objective: Objective, checkpoint: BestCheckpoint, lock: StudyLock
+    study: optuna.Study,
+    confirm: optuna.Study,
+    cfg: SweepConfig,
+    objective: Objective,
+    checkpoint: BestCheckpoint,
+    lock: StudyLock,
+    display: SweepDisplay | None = None,
+    budget: Budget | None = None,
 ) -> FailureGuard:
     """Re-train the ``top_k`` best configurations ``seeds`` times each (across all workers), then keep the winner.
 
-    Runs after the search reached its total. The jobs are split through the same lock and
+    Runs after the search reached its total; ``confirm`` is the stage's own study (open_confirm_study).
+    The jobs are split through the same lock and
     scheduler as the search's trials (see runner.search.confirm); the last worker to see
     the stage complete makes the winner's best run the kept model.
     """
     with lock:
-        confirm = open_confirm_study(cfg)
         plan = make_plan(study, confirm, cfg)
     is_done = done_counter(plan)
     done = sum(is_done(t) for t in confirm.get_trials(deepcopy=False))
     maximize = cfg.study.direction == "maximize"
-    objective.progress = SweepProgress(len(plan), done, cfg.study.metric, maximize, kind="confirmation")
+    objective.progress = SweepProgress(len(plan), done, cfg.study.metric, maximize, kind="confirmation", view=display)
+    if display is not None:
+        display.attach(confirm)  # its runs' intervals; the times stay the search's: the same model and data
     configs = sorted({job.confirms for job in plan})
     log.info(
         "confirmation: %d configuration(s) (search trials %s) x %d new seed(s): %d/%d runs done",
@@ -210,13 +250,15 @@ def confirm_stage(
         len(plan),
     )
     guard = FailureGuard(cfg.study.max_failure_rate)
+    epochs = time_budget.min_epochs(cfg, [job.params for job in plan])
     run_until_total(
         confirm,
         objective.confirm,
         len(plan),
         lock,
         callbacks=[guard],
-        should_stop=lambda: guard.tripped,
+        # The confirmation runs train search configurations: the search's times tell theirs too.
+        should_stop=lambda: guard.tripped or (budget is not None and not budget.allows_trial([study, confirm], epochs)),
         is_done=is_done,
         claim=claimer(confirm, plan),
     )

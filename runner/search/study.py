@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import optuna
 from optuna.distributions import distribution_to_json
 
@@ -31,6 +33,7 @@ def make_study(cfg: SweepConfig) -> optuna.Study:
         load_if_exists=True,
     )
     check_same_objective(study, cfg)
+    name_objective(study, cfg.study.metric)
     # Offset the seed by the trials already run, so a resumed study does not replay its first
     # proposals, and by the workers that joined before, so workers starting together on an empty
     # study do not propose the same parameters in lockstep. A lone first start keeps train.seed.
@@ -82,6 +85,17 @@ def check_same_objective(study: optuna.Study, cfg: SweepConfig) -> None:
             f"study {cfg.study.name!r} already exists with a different {' and '.join(changed)}: "
             "use --study NEW_NAME to start a new study"
         )
+
+
+def name_objective(study: optuna.Study, metric: str) -> None:
+    """Name the objective in the storage, so optuna-dashboard and Optuna's plots say ``eval_f1``, not "Objective 0".
+
+    A study made before this has no name stored: resuming it names it.
+    """
+    if study.metric_names != [metric]:
+        with warnings.catch_warnings():  # experimental since Optuna 3.2, and still so
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric])
 
 
 def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:

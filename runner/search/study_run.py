@@ -20,13 +20,13 @@ from optuna.trial import TrialState
 
 from runner.config import SweepConfig, to_yaml
 from runner.record import artifacts
+from runner.record.history import CONFIRMED_CSV
 from runner.record.runs import Tracker
 from runner.redact import redact_argv, redact_url
-from runner.search.confirm import done_counter, load_confirm_study, stored_plan, summarize
+from runner.search.confirm import done_counter, stored_plan, summarize
 from runner.search.ties import TIED, tie_marks
 from runner.workers.scheduler import FINISHED
 from runner.workers.settle import running_elsewhere
-from runner.workers.storage import open_storage
 
 log = logging.getLogger("runner")
 
@@ -60,18 +60,23 @@ def _git_commit() -> str | None:
 
 
 def finish_study_run(
-    study: optuna.Study, tracker: Tracker, cfg: SweepConfig, status: str, labels: np.ndarray | None = None
-) -> None:
+    study: optuna.Study,
+    tracker: Tracker,
+    cfg: SweepConfig,
+    status: str,
+    labels: np.ndarray | None = None,
+    confirm: optuna.Study | None = None,
+) -> dict[int, str]:
     """Config, trials table, best trial, ties, confirmation and plots on the study run, then end it.
 
     ``labels`` are the validation labels the trials were scored on: with them each complete trial's
-    run is tagged ``runner.tied_with_best`` (best, tied or worse, by a paired bootstrap).
+    run is tagged ``runner.tied_with_best`` (best, tied or worse, by a paired bootstrap); the marks
+    are returned, for the summary. ``confirm``: the confirmation study, when the stage is on.
     With several workers the last one to stop ends it: a worker that stops while
     trials of other live workers still run leaves it RUNNING (each worker records
     its own trial's end before it looks, so the last to look sees none running).
     """
-    # Only a sweep with the stage on looks for it (opening the storage again costs a schema check).
-    confirm = load_confirm_study(open_storage(cfg.study.storage), study.study_name) if cfg.study.confirm.top_k else None
+    marks: dict[int, str] = {}
     try:
         with tempfile.TemporaryDirectory() as tmp:
             folder = Path(tmp)
@@ -89,13 +94,14 @@ def finish_study_run(
                 tags |= {"best_trial.number": best.number, "best_trial.run_id": run_id}
                 tags |= {f"best_trial.params.{k}": v for k, v in best.params.items()}
                 if labels is not None:
-                    metrics |= _mark_ties(study, tracker, labels, cfg.study.metric)
+                    marks = tie_marks(study, labels, cfg.study.metric)
+                    metrics |= _tag_ties(study, tracker, marks)
             outcome = summarize(study, confirm, cfg.study.metric)
             if outcome is not None:
                 done = sum(map(done_counter(stored_plan(confirm)), confirm.get_trials(deepcopy=False)))
                 tags["runner.confirm_runs_done"] = f"{done}/{len(stored_plan(confirm))}"
-                pd.DataFrame(outcome.table()).to_csv(folder / "confirmed.csv", index=False)
-                files.append(folder / "confirmed.csv")
+                pd.DataFrame(outcome.table()).to_csv(folder / CONFIRMED_CSV, index=False)  # runner report reads it
+                files.append(folder / CONFIRMED_CSV)
                 if outcome.complete:
                     metrics |= outcome.metrics()
             tracker.update_study_run(metrics, tags, files)
@@ -113,11 +119,11 @@ def finish_study_run(
             log.info("study run left open: trial(s) %s still running on other workers", ", ".join(map(str, others)))
         else:
             tracker.close_study_run(status)
+    return marks
 
 
-def _mark_ties(study: optuna.Study, tracker: Tracker, labels: np.ndarray, metric: str) -> dict[str, float]:
+def _tag_ties(study: optuna.Study, tracker: Tracker, marks: dict[int, str]) -> dict[str, float]:
     """Tag each complete trial's run with how it compares to the best; returns the count of ties."""
-    marks = tie_marks(study, labels, metric)
     trials = {t.number: t for t in study.get_trials(deepcopy=False)}
     for number, mark in marks.items():
         run_id = tracker.trial_run_id(study.study_name, trials[number])

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import collections
 import sys
+from urllib.parse import urlparse
 
-import numpy as np
 import optuna
 import pandas as pd
 
 from runner.config import SweepConfig, TrackingConfig
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
+from runner.record.history import study_experiment_id
+from runner.record.runs import Objective, trial_runs_link
+from runner.record.store import absolute_sqlite_uri
 from runner.redact import redact_url
-from runner.search.confirm import Confirmation, load_confirm_study, summarize
-from runner.search.ties import tie_marks
-from runner.workers.storage import open_storage
+from runner.search.confirm import Confirmation, summarize
 
 
 def with_interval(value: float | None, low: float | None, high: float | None) -> str:
@@ -27,15 +28,14 @@ def with_interval(value: float | None, low: float | None, high: float | None) ->
     return f"{value:.4f} ({low:.3f}-{high:.3f})"
 
 
-def trials_view(study: optuna.Study, labels: np.ndarray | None, metric: str) -> pd.DataFrame:
-    """The trials table as shown: the value with its interval (F1) and how it compares to the best."""
+def trials_view(study: optuna.Study, marks: dict[int, str], metric: str) -> pd.DataFrame:
+    """The trials table as shown: the value with its interval (F1) and how it compares to the best (``marks``)."""
     table = artifacts.trials_table(study)
     if table.empty:
         return table
     if metric == "eval_f1":
         rows = zip(table["value"], table["f1_ci_low"], table["f1_ci_high"], strict=True)
         table["value"] = [with_interval(*row) for row in rows]
-    marks = tie_marks(study, labels, metric) if labels is not None else {}
     if marks:
         table.insert(3, "vs_best", [marks.get(n, "") for n in table["trial"]])
     return table.drop(columns=["f1_ci_low", "f1_ci_high"])
@@ -53,12 +53,24 @@ def confirmation_view(outcome: Confirmation) -> pd.DataFrame:
 
 
 def print_summary(
-    study: optuna.Study, cfg: SweepConfig, checkpoint: BestCheckpoint, labels: np.ndarray | None = None
+    study: optuna.Study,
+    cfg: SweepConfig,
+    checkpoint: BestCheckpoint,
+    marks: dict[int, str] | None = None,
+    confirm: optuna.Study | None = None,
+    stopped: str | None = None,
 ) -> None:
-    """The trials table, the confirmation table and where to look next, on stdout."""
+    """The trials table, the confirmation table and where to look next, on stdout.
+
+    ``marks``: each complete trial against the best (runner.search.ties, computed once by the study
+    run's finish); ``confirm``: the confirmation study, when the stage is on.
+
+    ``stopped``: what the time budget left undone (``7/20 trials finished``), when it cut the sweep short.
+    """
     out = sys.stdout
     metric = cfg.study.metric
-    out.write("\n" + trials_view(study, labels, metric).to_string(index=False) + "\n\n")
+    marks = marks or {}
+    out.write("\n" + trials_view(study, marks, metric).to_string(index=False) + "\n\n")
     states = collections.Counter(t.state.name for t in study.trials)
     out.write("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + "\n")
     if states.get("COMPLETE"):
@@ -66,16 +78,13 @@ def print_summary(
         low, high = best.user_attrs.get("intervals", {}).get(metric, (None, None))
         score = with_interval(best.value, low, high)
         out.write(f"search best: trial {best.number}, {metric}={score}, params {best.params}\n")
-        marks = tie_marks(study, labels, metric) if labels is not None else {}
         tied = sorted(n for n, mark in marks.items() if mark == "tied")
         if tied:
             out.write(
                 f"tied with it (paired bootstrap on the same validation pairs, 95%): trial(s) "
                 f"{', '.join(map(str, tied))}\n"
             )
-        outcome = None
-        if cfg.study.confirm.top_k:
-            outcome = summarize(study, load_confirm_study(open_storage(cfg.study.storage), study.study_name), metric)
+        outcome = summarize(study, confirm, metric)
         if outcome is not None:
             out.write("\nconfirmation (each configuration's search run and its re-runs with new seeds):\n")
             out.write(confirmation_view(outcome).to_string(index=False) + "\n")
@@ -89,6 +98,30 @@ def print_summary(
     out.write(
         f"compare the runs: python -m runner.ui{flags}  or  python -m runner.report --study {cfg.study.name}{flags}\n"
     )
+    out.write(trial_runs_line(study, cfg, flags))
+    if stopped is not None:
+        out.write(_budget_line(study, cfg, stopped))
+
+
+def _budget_line(study: optuna.Study, cfg: SweepConfig, stopped: str) -> str:
+    """The sweep's state when the time budget ran out, its best so far, and how to go on."""
+    best = "no complete trial yet"
+    if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+        best = f"best so far: trial {study.best_trial.number}, {cfg.study.metric}={study.best_value:.4f}"
+    return f"time budget used up: {stopped}; {best}. The same command with a larger --timeout continues the study.\n"
+
+
+def trial_runs_line(study: optuna.Study, cfg: SweepConfig, flags: str) -> str:
+    """Where the study's trial runs open in the MLflow UI, best first, its searched params as columns.
+
+    A tracking server serves the page itself; a SQLite store needs ``runner.ui`` (default port 5000) to serve it.
+    """
+    uri = absolute_sqlite_uri(cfg.tracking.tracking_uri)
+    objective = Objective(cfg.study.metric, cfg.study.direction, list(cfg.searched()))
+    link = trial_runs_link(uri, study_experiment_id(uri, study.study_name), objective)
+    if urlparse(uri).scheme in ("http", "https"):
+        return f"trial runs, best first: {redact_url(uri).rstrip('/')}/{link}\n"
+    return f"trial runs, best first: python -m runner.ui{flags}, then open http://127.0.0.1:5000/{link}\n"
 
 
 def _write_verdict(out, outcome: Confirmation) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from runner.training.hub import hub_available
 
 if TYPE_CHECKING:
     import datasets
+    import numpy as np
     from datasets import DatasetDict
 
 LABEL_NAMES = ["not_equivalent", "equivalent"]
@@ -44,6 +46,13 @@ class MrpcData:
     def sizes(self) -> dict[str, int]:
         """Rows per split, for logs and tracking."""
         return {name: len(split) for name, split in self.splits.items()}
+
+    @cached_property
+    def validation_labels(self) -> np.ndarray:
+        """The labels of the validation pairs every run is scored on, in row order (read once)."""
+        import numpy as np
+
+        return np.asarray(self.splits["validation"]["label"])
 
 
 def load_mrpc(cfg: DataConfig, data_dir: str | None, seed: int) -> MrpcData:

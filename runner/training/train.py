@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 # Called after each epoch's evaluation with (epoch, metrics); returning True stops training.
 EpochHook = Callable[[int, dict[str, float]], bool]
+STEP_HOOK_SECONDS = 0.5  # the progress hook is called at most this often
 
 
 class TrainingDiverged(FloatingPointError):
@@ -162,8 +163,9 @@ class _EpochCallback(TrainerCallback):
         self.model = model
 
     def on_step_end(self, args, state, control, **kwargs):
-        # Progress for long epochs, at most every 30 s so logs stay readable.
-        if self.progress and time.monotonic() - self._last_progress > 30:
+        # Often enough for a live step bar, seldom enough to cost nothing; the log's own 30 s
+        # throttle is the caller's (runner.search.progress).
+        if self.progress and time.monotonic() - self._last_progress > STEP_HOOK_SECONDS:
             self._last_progress = time.monotonic()
             self.progress(state.epoch or 0.0, state.global_step, state.max_steps)
 

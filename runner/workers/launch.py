@@ -17,15 +17,20 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 from runner.config import STORAGE_ENV
-from runner.workers.processes import Launcher
+from runner.workers.processes import Launcher, Watch
 
 log = logging.getLogger("runner")
 
 THREADS_ENV = "RUNNER_TORCH_THREADS"  # set by the launcher; the worker applies it to torch
 WORKER_ENV = "RUNNER_WORKER_INDEX"  # set by the launcher: this process is a worker, it may not launch workers
+# Set by the launcher of a sweep with a time budget: the unix time the command started, so that its
+# workers, which start seconds later, count the budget from the same moment (runner.search.budget).
+BUDGET_START_ENV = "RUNNER_BUDGET_START"
 # Flags whose value may hold a password: the workers get it in this environment variable instead.
 FLAGS_TO_ENV = {"--storage": STORAGE_ENV, "--tracking-uri": "MLFLOW_TRACKING_URI"}
 
@@ -112,15 +117,29 @@ def worker_commands(
     return [command] * workers, [{**worker_env(i, workers, cores, gpus), **passed} for i in range(workers)]
 
 
-def launch_workers(argv: Sequence[str], workers: int) -> int:
-    """Start ``workers`` copies of ``python -m runner.sweep ARGV`` and wait for them all."""
+def launch_workers(
+    argv: Sequence[str], workers: int, watch: Watch | None = None, budget_start: float | None = None
+) -> int:
+    """Start ``workers`` copies of ``python -m runner.sweep ARGV`` and wait for them all.
+
+    ``budget_start``: the command's start (unix time) when it has a time budget, handed to every worker.
+    ``watch``: a live view of the study to show instead of the workers' interleaved lines (in a
+    terminal); their lines then go to one log file per worker, in a private temporary folder named
+    at the start.
+    """
     gpus = visible_gpus()
     cores = cpu_count()
     commands, envs = worker_commands(argv, workers, cores, gpus)
+    if budget_start is not None:  # one deadline for all: the budget runs from the launcher's start
+        envs = [{**env, BUDGET_START_ENV: repr(budget_start)} for env in envs]
     if gpus:
         log.info("%d workers on GPU(s) %s", workers, ", ".join(gpus))
         if workers > len(gpus):
             log.warning("%d workers share %d GPU(s): they compete for its memory", workers, len(gpus))
     else:
         log.info("%d workers on %d CPU core(s): %s torch thread(s) each", workers, cores, envs[0][THREADS_ENV])
-    return Launcher(commands, envs).run()
+    log_dir = None
+    if watch is not None:
+        log_dir = Path(tempfile.mkdtemp(prefix="runner-workers-"))  # 0700: the lines may name hosts and paths
+        log.info("each worker's lines: %s/worker-N.log", log_dir)
+    return Launcher(commands, envs, watch=watch, log_dir=log_dir).run()

@@ -16,12 +16,28 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
-from typing import IO
+from pathlib import Path
+from typing import IO, Protocol
 
 log = logging.getLogger("runner")
 
 FORWARDED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+WATCH_TICK_S = 2.0  # how often a watch re-reads the study
+
+
+class Watch(Protocol):
+    """A live view the launcher shows instead of relaying its workers' lines (runner.sweep builds one).
+
+    ``start`` gets the folder of the workers' log files, ``tick`` comes every ~2 s from the
+    launcher's wait loop, ``stop`` once every worker ended (or the start failed).
+    """
+
+    def start(self, log_dir: str) -> None: ...
+
+    def tick(self) -> None: ...
+
+    def stop(self) -> None: ...
 
 
 def die_with_parent():
@@ -54,10 +70,25 @@ class Launcher:
     SIGINT, SIGTERM and SIGHUP are passed on to every worker; SIGHUP (the terminal closed) goes on as
     SIGTERM, the signal workers stop cleanly on. A stop that comes while workers are starting
     reaches those already started, and no further worker starts.
+
+    With a ``watch`` (a terminal), each worker's output goes to ``log_dir/worker-I.log`` instead and
+    the watch shows the study; at the end, the results (stdout) of the last worker to finish well are
+    printed once, unprefixed: every worker prints the same summary, the last one the most complete.
     """
 
-    def __init__(self, commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]]):
+    def __init__(
+        self,
+        commands: Sequence[Sequence[str]],
+        envs: Sequence[dict[str, str]],
+        watch: Watch | None = None,
+        log_dir: Path | None = None,
+    ):
         self.commands, self.envs = [list(c) for c in commands], list(envs)
+        self.watch, self.log_dir = watch, log_dir
+        self._logs: list[IO[str]] = []
+        self._stdout: list[list[str]] = []  # each watched worker's stdout lines, for the end
+        self._ended: list[int] = []  # worker indexes in the order they ended
+        self._last_tick = 0.0
         self.procs: list[subprocess.Popen] = []
         self.interrupted = False
         self._write = threading.Lock()
@@ -72,7 +103,10 @@ class Launcher:
         previous = {sig: signal.signal(sig, self._on_signal) for sig in FORWARDED}
         relays = []
         preexec = die_with_parent()
+        codes: list[int] = []
         try:
+            if self.watch is not None:
+                self.watch.start(str(self.log_dir))
             for index, (command, env) in enumerate(zip(self.commands, self.envs, strict=True)):
                 if self._signals:
                     log.info("stopping: worker(s) %d to %d not started", index, len(self.commands) - 1)
@@ -92,7 +126,7 @@ class Launcher:
                 self._sent.append(0)
                 log.info("worker %d started (pid %d)", index, proc.pid)
                 self._deliver()
-                for stream, sink in ((proc.stdout, sys.stdout), (proc.stderr, sys.stderr)):
+                for stream, sink in self._sinks(index, proc):
                     relay = threading.Thread(target=self._relay, args=(index, stream, sink), daemon=True)
                     relay.start()
                     relays.append(relay)
@@ -100,9 +134,38 @@ class Launcher:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-        for relay in relays:
-            relay.join(timeout=5)
+            for relay in relays:
+                relay.join(timeout=5)
+            if self.watch is not None:
+                self.watch.stop()
+            for file in self._logs:
+                file.close()
+        self._print_results(codes)
         return self._summarise(codes)
+
+    def _sinks(self, index: int, proc: subprocess.Popen) -> list[tuple[IO[str], IO[str] | None]]:
+        """Where worker ``index``'s stdout and stderr go: ours, or (watched) its log file."""
+        if self.watch is None:
+            return [(proc.stdout, sys.stdout), (proc.stderr, sys.stderr)]
+        path = Path(self.log_dir) / f"worker-{index}.log"
+        self._logs.append(path.open("a", encoding="utf-8", buffering=1))
+        self._stdout.append([])
+        return [(proc.stdout, None), (proc.stderr, self._logs[index])]
+
+    def _print_results(self, codes: list[int]) -> None:
+        """Watched: the stdout of the last worker that ended well, once; where every worker's lines are."""
+        if self.watch is None:
+            return
+        finished = [i for i in self._ended if i < len(codes) and codes[i] == 0]
+        if finished:
+            sys.stdout.write("".join(self._stdout[finished[-1]]))
+            sys.stdout.flush()
+        for index, code in enumerate(codes):
+            if code != 0:
+                path = Path(self.log_dir) / f"worker-{index}.log"
+                lines = path.read_text(encoding="utf-8", errors="replace").strip().splitlines() if path.exists() else []
+                last = lines[-1].removeprefix(f"[worker {index}] ") if lines else "(no output)"
+                log.warning("worker %d: %s (all its lines: %s)", index, last, path)
 
     def _wait_all(self) -> list[int]:
         # Reap each worker as soon as it ends, whatever the order: a dead worker left unreaped is a
@@ -113,10 +176,18 @@ class Launcher:
             for index, proc in enumerate(self.procs):
                 if index not in codes and proc.poll() is not None:
                     codes[index] = proc.returncode
+                    self._ended.append(index)
                     if proc.returncode != 0:
                         log.warning("worker %d ended with exit code %d", index, proc.returncode)
+            self._tick()
             time.sleep(0.2)
         return [codes[i] for i in range(len(self.procs))]
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.watch is not None and now - self._last_tick >= WATCH_TICK_S:
+            self._last_tick = now
+            self.watch.tick()
 
     def _on_signal(self, signum: int, frame) -> None:
         self.interrupted = True
@@ -133,12 +204,16 @@ class Launcher:
                     log.info("passing %s on to worker %d%s", signal.Signals(received).name, index, as_)
                     proc.send_signal(sent)
 
-    def _relay(self, index: int, stream: IO[str], sink: IO[str]) -> None:
+    def _relay(self, index: int, stream: IO[str], sink: IO[str] | None) -> None:
+        """Each line to ``sink`` with the worker's prefix; ``sink`` None: a watched worker's stdout, kept and logged."""
         for line in stream:
             with self._write:
+                if sink is None:
+                    self._stdout[index].append(line)
                 try:
-                    sink.write(f"[worker {index}] {line}")
-                    sink.flush()
+                    out = self._logs[index] if sink is None else sink
+                    out.write(f"[worker {index}] {line}")
+                    out.flush()
                 except (OSError, ValueError):
                     # Our terminal is gone (SIGHUP): keep draining, or a worker blocks on a full pipe
                     # and never finishes stopping.
