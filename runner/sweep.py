@@ -143,14 +143,16 @@ def _budget_start() -> float:
         raise ConfigError(f"{BUDGET_START_ENV} must be a unix time, got {given!r}") from None
 
 
-def _check_budget(cfg: SweepConfig) -> None:
-    """A time budget too small for one trial is an error now, before the model and data load (exit 2)."""
-    from runner.search.budget import check_fits
+def _check_study_storage(cfg: SweepConfig) -> None:
+    """The storage URL and server, then a time budget too small for one trial: errors now, before heavy imports."""
     from runner.workers.storage import check_storage_reachable, check_storage_url
 
     check_storage_url(cfg.study.storage)
     check_storage_reachable(cfg.study.storage)
-    check_fits(cfg)  # reads the trial times the study's storage measured, if it has any
+    if cfg.study.timeout is not None:
+        from runner.search.budget import check_fits
+
+        check_fits(cfg)  # reads the trial times the study's storage measured, if it has any
 
 
 def default_config_path() -> Path:
@@ -188,9 +190,8 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 
 def _launch(cfg: SweepConfig, workers: int, argv: list[str], quiet: bool = False, started: float | None = None) -> int:
     from runner.workers.launch import launch_workers
-    from runner.workers.storage import check_storage_url, is_shared_storage
+    from runner.workers.storage import is_shared_storage
 
-    check_storage_url(cfg.study.storage)
     if not is_shared_storage(cfg.study.storage):
         raise ConfigError(f"--workers needs a storage the workers share, not {cfg.study.storage}")
     budget_start = started if cfg.study.timeout is not None else None  # the workers' budget counts from our start
@@ -221,15 +222,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             # Belt and braces against a --workers flag the launcher failed to strip: no fork bomb.
             raise ConfigError(f"--workers: this process is a launcher's worker ({WORKER_ENV} is set): it launches none")
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
-        if cfg.study.timeout is not None:
-            _check_budget(cfg)
+        # The stores too: a bad storage URL or an unreachable server fails fast.
+        _check_study_storage(cfg)
         if args.workers is not None and args.workers > 1:
             return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv, args.quiet, started)
-        # The stores too, before the heavy imports: a bad storage URL or an unreachable server fails fast.
-        from runner.workers.storage import check_storage_reachable, check_storage_url
-
-        check_storage_url(cfg.study.storage)
-        check_storage_reachable(cfg.study.storage)
         from runner.record.store import check_reachable  # imports mlflow: after the storage checks
 
         check_reachable(cfg.tracking.tracking_uri)

@@ -63,7 +63,7 @@ class NoLauncher:
 
     started: list[tuple[list[list[str]], list[dict[str, str]]]] = []
 
-    def __init__(self, commands, envs):
+    def __init__(self, commands, envs, watch=None, log_dir=None):
         NoLauncher.started.append(([list(c) for c in commands], [dict(e) for e in envs]))
 
     def run(self) -> int:

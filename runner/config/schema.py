@@ -177,6 +177,9 @@ class TrainConfig(_Strict):
     group_by_length: bool = True
     lr_scheduler_type: Literal["linear", "cosine", "constant_with_warmup"] = "linear"
     max_grad_norm: Annotated[float, Field(gt=0)] = 1.0
+    # Paraphrase is symmetric: each time a training pair is drawn, it is shown as (sentence2,
+    # sentence1) with this probability (ELECTRA trains MRPC on both orders). 0 keeps the order.
+    swap_order: Annotated[float, Field(ge=0, le=1)] = 0.0
 
 
 class TrackingConfig(_Strict):

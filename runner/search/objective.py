@@ -122,6 +122,7 @@ class Objective:
             "seed": self.cfg.train.seed if seed is None else seed,
             "per_device_eval_batch_size": self.cfg.train.per_device_eval_batch_size,
             "group_by_length": self.cfg.train.group_by_length,
+            "swap_order": self.cfg.train.swap_order,
             "lr_scheduler_type": self.cfg.train.lr_scheduler_type,
             "max_grad_norm": self.cfg.train.max_grad_norm,
             "train_samples": len(self.tokenized["train"]),

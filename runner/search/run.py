@@ -79,7 +79,7 @@ def prepare_inputs(cfg: SweepConfig) -> Inputs:
     tokenizer = load_tokenizer(source)
     attention_dropout(source, cfg.model)  # an override the model cannot take fails here, not in a trial
     data = load_mrpc(cfg.data, cfg.data.data_dir, seed=cfg.train.seed)
-    tokenized = tokenize(data, tokenizer, cfg.model.max_length)
+    tokenized = tokenize(data, tokenizer, cfg.model.max_length, both_orders=cfg.train.swap_order > 0)
     log.info("data: %s %s", data.source, data.sizes())
     return Inputs(data, source, tokenizer, tokenized)
 

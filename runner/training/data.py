@@ -181,14 +181,29 @@ def _take(split: datasets.Dataset, limit: int | None, seed: int) -> datasets.Dat
     return split.shuffle(seed=seed).select(range(limit)).flatten_indices()
 
 
-def tokenize(data: MrpcData, tokenizer, max_length: int) -> DatasetDict:
+SWAPPED = "swapped_"  # prefix of the training split's columns holding each pair in the other order
+
+
+def tokenize(data: MrpcData, tokenizer, max_length: int, both_orders: bool = False) -> DatasetDict:
     """Tokenize sentence pairs (truncated, unpadded: batches pad themselves).
 
+    ``both_orders``: the training split also gets each pair as (sentence2, sentence1), in
+    ``swapped_*`` columns, for ``train.swap_order`` (runner.training.train.SwapOrderCollator).
     ``datasets`` fingerprints the function, tokenizer and inputs, so a second
     call with the same inputs loads the cached result instead of recomputing.
     """
+    from datasets import concatenate_datasets
 
     def encode(batch):
         return tokenizer(batch["sentence1"], batch["sentence2"], truncation=True, max_length=max_length)
 
-    return data.splits.map(encode, batched=True, remove_columns=["sentence1", "sentence2"], desc="Tokenizing")
+    def encode_swapped(batch):
+        encoded = tokenizer(batch["sentence2"], batch["sentence1"], truncation=True, max_length=max_length)
+        return {SWAPPED + key: value for key, value in encoded.items()}
+
+    tokenized = data.splits.map(encode, batched=True, remove_columns=["sentence1", "sentence2"], desc="Tokenizing")
+    if both_orders:
+        train = data.splits["train"]
+        swapped = train.map(encode_swapped, batched=True, remove_columns=train.column_names, desc="Tokenizing")
+        tokenized["train"] = concatenate_datasets([tokenized["train"], swapped], axis=1)
+    return tokenized

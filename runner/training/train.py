@@ -21,6 +21,7 @@ import torch
 from transformers import DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
 from runner.config import Hyperparameters, TrainConfig
+from runner.training.data import SWAPPED
 from runner.training.metrics import compute_metrics, is_better, probabilities
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,43 @@ def training_arguments(hp: Hyperparameters, settings: TrainConfig, output_dir: s
         logging_nan_inf_filter=False,
         disable_tqdm=True,
         dataloader_num_workers=0,
+        # The swap-order collator needs the swapped_* columns the Trainer would drop; it drops them itself.
+        remove_unused_columns=settings.swap_order == 0,
     )
+
+
+class SwapOrderCollator:
+    """Pads a batch after showing each pair in its other order with probability ``probability``.
+
+    The other order comes pre-tokenized in the ``swapped_*`` columns (runner.training.data.tokenize
+    with ``both_orders``); the draw is seeded, so a run with the same seed sees the same orders.
+    Columns the model does not take (those, and any other) are dropped here: the Trainer keeps
+    them (``remove_unused_columns=False``) so that this collator can see them.
+    """
+
+    KEEP = ("input_ids", "token_type_ids", "attention_mask", "label", "labels")
+
+    def __init__(self, tokenizer, probability: float, seed: int):
+        self.pad = DataCollatorWithPadding(tokenizer)
+        self.probability = probability
+        self.rng = np.random.default_rng(seed)
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        batch = []
+        for feature in features:
+            swap = SWAPPED + "input_ids" in feature and self.rng.random() < self.probability
+            source = {k.removeprefix(SWAPPED): v for k, v in feature.items() if k.startswith(SWAPPED)} if swap else {}
+            batch.append({k: source.get(k, v) for k, v in feature.items() if k in self.KEEP})
+        return self.pad(batch)
+
+
+def collator(tokenizer, train_dataset, settings: TrainConfig):
+    """Padding alone, or the swap-order collator when ``train.swap_order`` is on (it needs both orders' tokens)."""
+    if settings.swap_order == 0:
+        return DataCollatorWithPadding(tokenizer)
+    if SWAPPED + "input_ids" not in train_dataset.column_names:
+        raise ValueError("train.swap_order needs the pairs tokenized in both orders: tokenize(..., both_orders=True)")
+    return SwapOrderCollator(tokenizer, settings.swap_order, settings.seed)
 
 
 def longest_first(dataset) -> np.ndarray:
@@ -234,7 +271,7 @@ def train(
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             processing_class=tokenizer,
-            data_collator=DataCollatorWithPadding(tokenizer),
+            data_collator=collator(tokenizer, train_dataset, settings),
             compute_metrics=callback.compute_metrics,
             callbacks=[callback],
             eval_order=callback.eval_order,
