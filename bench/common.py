@@ -13,6 +13,7 @@ import logging
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -122,3 +123,16 @@ def save(name: str, payload: dict) -> Path:
     path.write_text(redact_text(json.dumps(payload, indent=2, default=str)) + "\n")
     log.info("raw numbers in %s", path.relative_to(ROOT))
     return path
+
+
+def timed(cmd: list[str], cwd: Path, log_path: Path) -> float:
+    """Wall seconds of ``cmd`` run as a user runs it (offline, this checkout first), its output in ``log_path``."""
+    log.info("running %s (log: %s)", " ".join(cmd[1:4]), log_path)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    start = time.perf_counter()
+    with log_path.open("w") as out:
+        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        sys.exit(f"bench: {cmd[2]} failed with exit {done.returncode}; see {log_path}")
+    return seconds

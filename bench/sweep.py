@@ -19,11 +19,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import optuna
@@ -62,7 +59,7 @@ def run_runner(work: Path, args) -> dict:
         f"study.sampler={args.sampler}",
         *args.runner_args,
     ]
-    seconds = _timed(cmd, work, work / "runner.log")
+    seconds = common.timed(cmd, work, work / "runner.log")
     study = optuna.load_study(study_name="bench", storage=f"sqlite:///{work}/mlruns/optuna.db")
     states = [t.state.name for t in study.trials]
     return {"seconds": seconds, "best_f1": study.best_value, "states": {s: states.count(s) for s in set(states)}}
@@ -85,22 +82,10 @@ def run_baseline(work: Path, args) -> dict:
         "--sampler",
         args.sampler,
     ]
-    seconds = _timed(cmd, work, work / "baseline.log")
+    seconds = common.timed(cmd, work, work / "baseline.log")
     last = (work / "baseline.log").read_text().strip().splitlines()
     result = json.loads(next(line for line in reversed(last) if line.startswith('{"best_f1"')))
     return {"seconds": seconds, **result}
-
-
-def _timed(cmd: list[str], cwd: Path, log_path: Path) -> float:
-    log.info("running %s (log: %s)", " ".join(cmd[1:4]), log_path)
-    env = {**os.environ, "PYTHONPATH": str(common.ROOT), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-    start = time.perf_counter()
-    with log_path.open("w") as out:
-        done = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, check=False)
-    seconds = time.perf_counter() - start
-    if done.returncode != 0:
-        sys.exit(f"bench: {cmd[2]} failed with exit {done.returncode}; see {log_path}")
-    return seconds
 
 
 def main(argv: list[str] | None = None) -> None:

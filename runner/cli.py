@@ -209,15 +209,17 @@ def run_checked(
     work: Callable[[], int],
     debug: bool = False,
     failures: Callable[[], tuple[type[BaseException], ...]] = tuple,
+    level: int = logging.INFO,
 ) -> int:
     """Run ``check`` then, if it passed, ``work``: each through run_command; the exit code of the first to fail.
 
     The check (names given as flags) runs before the ML libraries are even imported, so a bad
     name is one line and touches no store. ``failures`` gives run_command's extra failure types
     for the work, asked for only after the check: getting them may import a heavy library.
+    ``level``: see setup_logging (``log_level(args)`` of ``--quiet``/``--verbose``).
     """
     name = command_name(prog)
-    code = run_command(name, check, debug, quiet=False)
+    code = run_command(name, check, debug, quiet=False, level=level)
     if code:
         return code
-    return run_command(name, work, debug, failures=failures())
+    return run_command(name, work, debug, failures=failures(), level=level)

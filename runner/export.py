@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from runner.cli import OneLineParser, run_checked, shared_flags
+from runner.cli import OneLineParser, log_level, run_checked, shared_flags, verbosity_flags
 from runner.config import TrackingConfig, check_name
 from runner.errors import ConfigError
 from runner.redact import redact_url
@@ -38,7 +38,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         description="Export a study's best trial: model folder (safetensors, tokenizer, config, metrics, model card), "
         "verified by re-evaluation, logged to MLflow and registered with the alias 'champion'.",
-        parents=[shared_flags(storage="env")],
+        parents=[shared_flags(storage="env"), verbosity_flags()],
     )
     p.add_argument("--study", required=True, help="study name (the MLflow experiment)")
     p.add_argument("--out", help="output folder (default mlruns/best/<study>, where the sweep keeps the best model)")
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         check_store_exists(resolve_tracking_uri(args.tracking_uri))
         return 0
 
-    return run_checked(prog, check, lambda: run_export(args), args.debug, failures)
+    return run_checked(prog, check, lambda: run_export(args), args.debug, failures, level=log_level(args))
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from runner.cli import OneLineParser, command_name, run_command, shared_flags
+from runner.cli import OneLineParser, command_name, log_level, run_command, shared_flags, verbosity_flags
 from runner.errors import ConfigError, first_line
 from runner.redact import printable
 from runner.training.data import table_options
@@ -55,7 +55,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     p = OneLineParser(
         prog=prog,
         description="Predict whether two sentences are paraphrases (MRPC) with an exported model.",
-        parents=[shared_flags()],
+        parents=[shared_flags(), verbosity_flags()],
     )
     p.add_argument("--model", required=True, help="exported model folder, or models:/NAME@champion")
     p.add_argument("sentences", nargs="*", metavar="SENTENCE", help="two sentences to compare")
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         check_args(args)
         return run(args)
 
-    return run_command(command_name(prog), work, args.debug, failures=(RuntimeError, ValueError))
+    failures = (RuntimeError, ValueError)
+    return run_command(command_name(prog), work, args.debug, failures=failures, level=log_level(args))
 
 
 if __name__ == "__main__":

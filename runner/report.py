@@ -28,10 +28,11 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.cli import OneLineParser, run_checked, shared_flags
+from runner.cli import OneLineParser, log_level, run_checked, shared_flags, verbosity_flags
 from runner.config import MAX_TRIALS, SEARCHABLE, check_name
 from runner.errors import ConfigError
 from runner.redact import printable, redact_url
+from runner.training.bootstrap import with_interval
 
 log = logging.getLogger("runner")
 
@@ -63,7 +64,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         prog=prog,
         description="Compare the trials of one or more studies from MLflow: a table, CSV or JSON, and plots "
         "(--plots; they read the Optuna --storage).",
-        parents=[shared_flags(storage="env")],
+        parents=[shared_flags(storage="env"), verbosity_flags()],
     )
     p.add_argument("--study", action="append", required=True, help="study name; repeat to compare studies")
     p.add_argument(
@@ -142,17 +143,6 @@ def _printable_cells(frame):
         if not pd.api.types.is_numeric_dtype(frame[name]):
             frame[name] = frame[name].map(lambda v: printable(v) if isinstance(v, str) else v)
     return frame
-
-
-def with_interval(value, low, high) -> str:
-    """``0.8740 (0.851-0.896)``: a score and its 95% interval; the score alone without one; empty without a score."""
-    import pandas as pd
-
-    if pd.isna(value):
-        return ""
-    if pd.isna(low) or pd.isna(high):
-        return f"{value:.4f}"
-    return f"{value:.4f} ({low:.3f}-{high:.3f})"
 
 
 def shown_trials(frame):
@@ -468,7 +458,11 @@ def write_atomically(path: Path, text: str) -> None:
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """CLI entry point; returns the exit code. ``prog``: the command as typed, for help and errors."""
     args = build_parser(prog).parse_args(argv)
-    return run_checked(prog, lambda: check_flags(args), lambda: run(args), args.debug, lambda: (OSError, RuntimeError))
+
+    def failures() -> tuple[type[BaseException], ...]:
+        return (OSError, RuntimeError)
+
+    return run_checked(prog, lambda: check_flags(args), lambda: run(args), args.debug, failures, level=log_level(args))
 
 
 if __name__ == "__main__":

@@ -341,3 +341,24 @@ def test_quiet_and_verbose_exclude_each_other(capsys):
     with pytest.raises(SystemExit) as stopped:
         build_parser().parse_args(["--quiet", "--verbose"])
     assert stopped.value.code == 2 and "not allowed with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["sweep", "export", "report", "predict"])
+@pytest.mark.parametrize(("flag", "level"), [("--quiet", logging.WARNING), ("--verbose", logging.DEBUG)])
+def test_every_command_that_logs_takes_quiet_and_verbose(command, flag, level, monkeypatch):
+    """Each command's main hands the level its flag asks for to the logging setup, before any work."""
+    import importlib
+
+    from runner import cli
+
+    class LoggingSetUp(Exception):
+        """Raised by the stand-in for setup_logging: the command stops right there."""
+
+    def record(level: int = logging.INFO) -> None:
+        raise LoggingSetUp(level)
+
+    monkeypatch.setattr(cli, "setup_logging", record)
+    required = {"sweep": [], "export": ["--study", "s"], "report": ["--study", "s"], "predict": ["--model", "m"]}
+    with pytest.raises(LoggingSetUp) as set_up:
+        importlib.import_module(f"runner.{command}").main([*required[command], flag])
+    assert set_up.value.args[0] == level

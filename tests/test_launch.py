@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_cpu_cores_are_split_between_workers():
     assert worker_env(0, 2, cores=2, gpus=[])["OMP_NUM_THREADS"] == "1"
     assert worker_env(1, 2, cores=16, gpus=[])["RUNNER_TORCH_THREADS"] == "8"
+    assert worker_env(1, 3, cores=16, gpus=[])["RUNNER_LOCAL_WORKERS"] == "3"  # recorded on each trial's run
     assert worker_env(2, 3, cores=2, gpus=[])["OMP_NUM_THREADS"] == "1"  # never 0
     assert "CUDA_VISIBLE_DEVICES" not in worker_env(0, 2, cores=2, gpus=[])
 

@@ -71,9 +71,18 @@ def test_training_with_swapped_orders_runs_and_needs_both_orders_tokenized(both,
         train(new_model(str(tiny_model), 1), tokenizer, one_order["train"], *args)
 
 
-def test_a_sweep_with_swap_order_records_it_on_every_trial(run_sweep, tmp_path):
+def test_a_sweep_records_swap_order_and_what_ran_on_every_trial(run_sweep, tmp_path, monkeypatch):
+    import torch
+
+    from runner.workers.launch import WORKERS_ENV
+
+    monkeypatch.setenv(WORKERS_ENV, "3")  # as the launcher sets it in each of its workers
     result = run_sweep("--trials", "1", "--set", "train.swap_order=0.5")
     assert result.code == 0, result.err
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], "tags.`runner.role` = 'trial'")
     assert [r.data.params["swap_order"] for r in runs] == ["0.5"]
+    # Issue 13: every run says what ran, so speed can be compared across runs.
+    assert [(r.data.params["torch_threads"], r.data.params["local_workers"]) for r in runs] == [
+        (str(torch.get_num_threads()), "3")
+    ]

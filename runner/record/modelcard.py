@@ -14,6 +14,7 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCardData
 
 from runner.config import SweepConfig
+from runner.training.bootstrap import with_interval
 from runner.training.data import LABEL_NAMES
 
 # Keys of the recorded and re-evaluated metrics, in the order a reader wants them.
@@ -98,11 +99,7 @@ def _metric_row(name: str, values: dict[str, float], prefix: str) -> str:
 
 
 def _with_interval(values: dict[str, float], key: str) -> str:
-    if key not in values:
-        return ""
-    low, high = values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high")
-    interval = f" ({low:.3f}-{high:.3f})" if low is not None and high is not None else ""
-    return f"{values[key]:.4f}{interval}"
+    return with_interval(values.get(key), values.get(f"{key}_ci_low"), values.get(f"{key}_ci_high"))
 
 
 def card_data(record: ExportRecord, cfg: SweepConfig) -> ModelCardData:

@@ -36,6 +36,7 @@ from rich.text import Text
 
 from runner.search.estimate import Running, TrialTimes, eta_seconds
 from runner.search.progress import SweepProgress, epoch_metrics, params_text
+from runner.training.bootstrap import with_interval
 
 log = logging.getLogger("runner")
 
@@ -67,8 +68,8 @@ def best_text(metric: str, best: tuple[float, int] | None, interval: Sequence[fl
     if best is None:
         return "no best yet"
     value, number = best
-    shown = f"{value:.4f}" + (f" ({interval[0]:.3f}-{interval[1]:.3f})" if interval else "")
-    return f"best {metric}={shown}, {kind} {number}"
+    low, high = interval or (None, None)
+    return f"best {metric}={with_interval(value, low, high)}, {kind} {number}"
 
 
 def study_line(kind: str, done: int, total: int, elapsed: float, eta: float | None, best: str) -> Text:

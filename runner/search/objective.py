@@ -34,6 +34,7 @@ from runner.training.data import MrpcData
 from runner.training.model import attention_dropout, new_model, resolve_attention
 from runner.training.train import resolve_precision, train
 from runner.workers import worker
+from runner.workers.launch import local_workers
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,9 @@ class Objective:
             "lr_scheduler_type": self.cfg.train.lr_scheduler_type,
             "max_grad_norm": self.cfg.train.max_grad_norm,
             "train_samples": len(self.tokenized["train"]),
+            # What ran, for comparing speed across runs: torch's threads and this machine's worker processes.
+            "torch_threads": _torch_threads(),
+            "local_workers": local_workers(),
             "eval_samples": len(self.tokenized["validation"]),
         }
 
@@ -247,6 +251,12 @@ def _stop_for_time(trial: optuna.Trial, run, role: Role, why: str) -> None:
         raise RunStopped(why)
     run.set_tags({STOPPED_TAG: why})
     raise optuna.TrialPruned(why)
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 def _free_accelerator_memory() -> None:

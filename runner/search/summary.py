@@ -17,15 +17,7 @@ from runner.record.runs import Objective, trial_runs_link
 from runner.record.store import absolute_sqlite_uri
 from runner.redact import redact_url
 from runner.search.confirm import Confirmation, summarize
-
-
-def with_interval(value: float | None, low: float | None, high: float | None) -> str:
-    """``0.874 (0.851-0.896)``: a score and its 95% interval, or the score alone when it has none."""
-    if value is None or pd.isna(value):
-        return ""
-    if low is None or high is None or pd.isna(low) or pd.isna(high):
-        return f"{value:.4f}"
-    return f"{value:.4f} ({low:.3f}-{high:.3f})"
+from runner.training.bootstrap import with_interval
 
 
 def trials_view(study: optuna.Study, marks: dict[int, str], metric: str) -> pd.DataFrame:

@@ -15,6 +15,7 @@ bootstrap counterpart of McNemar's test, and unlike McNemar it works for F1 too.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -123,3 +124,19 @@ def encode(predictions) -> str:
 def decode(text: str) -> np.ndarray:
     """The inverse of ``encode``."""
     return np.frombuffer(text.encode("ascii"), dtype=np.uint8) - ord("0")
+
+
+def _missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def with_interval(value, low=None, high=None) -> str:
+    """``0.8740 (0.851-0.896)``: a score and its 95% interval, as every view prints it.
+
+    The score alone when it has no interval; empty without a score (None or NaN, as tables hold it).
+    """
+    if _missing(value):
+        return ""
+    if _missing(low) or _missing(high):
+        return f"{value:.4f}"
+    return f"{value:.4f} ({low:.3f}-{high:.3f})"

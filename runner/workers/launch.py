@@ -28,6 +28,15 @@ log = logging.getLogger("runner")
 
 THREADS_ENV = "RUNNER_TORCH_THREADS"  # set by the launcher; the worker applies it to torch
 WORKER_ENV = "RUNNER_WORKER_INDEX"  # set by the launcher: this process is a worker, it may not launch workers
+WORKERS_ENV = "RUNNER_LOCAL_WORKERS"  # set by the launcher: how many workers share this machine
+
+
+def local_workers() -> int:
+    """How many sweep processes this launcher started on this machine (1 without ``--workers``)."""
+    given = os.environ.get(WORKERS_ENV, "")
+    return int(given) if given.isdigit() and int(given) > 0 else 1
+
+
 # Set by the launcher of a sweep with a time budget: the unix time the command started, so that its
 # workers, which start seconds later, count the budget from the same moment (runner.search.budget).
 BUDGET_START_ENV = "RUNNER_BUDGET_START"
@@ -60,6 +69,7 @@ def worker_env(index: int, workers: int, cores: int, gpus: Sequence[str]) -> dic
     threads = max(1, cores // workers)
     env = {
         WORKER_ENV: str(index),
+        WORKERS_ENV: str(workers),
         THREADS_ENV: str(threads),
         "OMP_NUM_THREADS": str(threads),
         "MKL_NUM_THREADS": str(threads),
