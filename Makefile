@@ -8,6 +8,8 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 ARGS ?=
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist): one per core by default; TEST_WORKERS=0 runs the tests in this process.
+TEST_WORKERS ?= auto
 
 .PHONY: setup sweep smoke test lint clean
 
@@ -27,7 +29,7 @@ smoke: setup
 	$(PY) -m runner.sweep --config sweeps/smoke.yaml $(ARGS)
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder $(PYTEST_ARGS)
 
 lint: setup
 	$(PY) -m ruff check runner tests bench

@@ -19,6 +19,12 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "true")
+# Under pytest-xdist (`-n K`), K test processes share the cores: each one, and every runner process
+# it starts, gets its share of threads. Left at one thread per core each, OpenMP's spinning threads
+# would fight over the cores and slow every test down.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT") and "OMP_NUM_THREADS" not in os.environ:
+    _share = (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"])
+    os.environ["OMP_NUM_THREADS"] = str(max(1, _share))
 # Every Hugging Face cache (hub, datasets, evaluate modules and metrics) in a per-session folder:
 # tests neither depend on nor add to the user's caches.
 _HF_HOME = tempfile.mkdtemp(prefix="runner-tests-hf-")
@@ -104,6 +110,24 @@ search_space:
 
 def pytest_unconfigure(config):
     shutil.rmtree(_HF_HOME, ignore_errors=True)
+
+
+# The heaviest files first: with `-n K` (make test), a test process that picks one up late would
+# otherwise run it alone at the end while the others sit idle. The rank of a file is its heaviest mark.
+_HEAVY_FIRST = ("slow", "e2e", "postgres", "ui")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        return min(
+            (i for i, mark in enumerate(_HEAVY_FIRST) if item.get_closest_marker(mark)), default=len(_HEAVY_FIRST)
+        )
+
+    file_rank: dict[str, int] = {}
+    for item in items:
+        file_rank[item.path] = min(file_rank.get(item.path, len(_HEAVY_FIRST)), rank(item))
+    # Stable: within a rank the files, and within a file the tests, keep their order.
+    items.sort(key=lambda item: file_rank[item.path])
 
 
 def write_glue_tsv(path: Path, rows, header: str = GLUE_HEADER) -> Path:

@@ -70,3 +70,19 @@ def test_replay_never_prunes_after_the_last_epoch_and_flags_unknown_continuation
     assert 3 not in result["pruned"] and result["values"][3] == 0.80
     assert result["unknown"] == 1 and result["values"][4] == 0.90
     assert result["epochs"] == 3 * 2 + 2 + 3  # the unknown epochs still cost what was planned
+
+
+def test_compile_summary_splits_the_first_epoch_from_the_steady_ones():
+    """bench.compile: compilation lands in the first trial's first epoch; steady epochs and later trials exclude it."""
+    from bench.compile import summary
+
+    def run(first: float, wall: float) -> dict:
+        trial = {"epochs": [first, 10.0], "seconds": first + 12.0, "value": 0.8}
+        return {"wall": wall, "trials": [trial, {"epochs": [11.0, 10.0], "seconds": 23.0, "value": 0.8}]}
+
+    eager = summary("eager", [run(12.0, 60.0), run(12.0, 62.0)], None)
+    compiled = summary("compiled", [run(200.0, 250.0), run(220.0, 270.0)], eager)
+    assert compiled["first epoch s"] == 210.0 and compiled["first trial s"] == 222.0
+    assert compiled["steady epoch s"] == 10.0 and compiled["later trial s"] == 23.0
+    assert compiled["steady vs eager"] == pytest.approx(1.0)
+    assert compiled["command vs eager"] == pytest.approx(260.0 / 61.0)

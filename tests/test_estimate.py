@@ -9,7 +9,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from runner.search.estimate import EPOCH_SECONDS_ATTR, Running, TrialTimes, record_epoch
+from runner.search.estimate import EPOCH_SECONDS_ATTR, Running, TrialTimes, eta_seconds, record_epoch
 
 BATCH = {"per_device_train_batch_size": CategoricalDistribution([16, 32])}
 START = dt.datetime(2026, 1, 1, 12, 0, 0)
@@ -59,6 +59,15 @@ def test_a_running_trial_counts_its_epochs_left_at_its_own_pace():
     times = TrialTimes.from_trials([measured(16, "fp32", [100.0], 110.0), stored])
     running = Running.from_trial(stored, {**stored.params, "num_train_epochs": 3})
     assert times.remaining_seconds(running) == pytest.approx(2 * 40.0 + 10.0)
+
+
+def test_a_trial_that_just_started_counts_as_a_typical_one_once_one_finished():
+    """Right after a trial ends, the next has no epoch, plan or step rate yet: the ETA stays rather than go blank."""
+    fresh = Running(params={}, precision="fp32", epochs=None)
+    assert TrialTimes.from_trials([]).remaining_seconds(fresh) is None
+    times = TrialTimes.from_trials([measured(16, "fp32", [100.0], 110.0), measured(32, "fp32", [60.0], 90.0)])
+    assert times.remaining_seconds(fresh) == pytest.approx(100.0)
+    assert eta_seconds(times, not_started=2, running=[fresh]) == pytest.approx(300.0)
 
 
 def test_recorded_epochs_are_read_back_from_the_storage():

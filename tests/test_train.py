@@ -14,7 +14,14 @@ import torch
 from runner.config import DataConfig, Hyperparameters, TrainConfig
 from runner.training.data import load_mrpc, tokenize
 from runner.training.model import load_tokenizer, new_model
-from runner.training.train import TrainingDiverged, resolve_precision, train, training_arguments
+from runner.training.train import (
+    TrainingDiverged,
+    collator,
+    resolve_compile,
+    resolve_precision,
+    train,
+    training_arguments,
+)
 
 SETTINGS = TrainConfig(seed=7, per_device_eval_batch_size=16, group_by_length=False)
 PER_EPOCH = {"epoch", "eval_f1", "eval_accuracy", "eval_loss", "train_loss"}
@@ -213,3 +220,57 @@ def test_the_bf16_speed_check_gives_one_answer_per_process():
 
     assert isinstance(cpu_bf16_is_fast(), bool)
     assert cpu_bf16_is_fast.cache_info().currsize == 1
+
+
+def _features(tokenized, n: int) -> list[dict]:
+    rows = tokenized["validation"].select_columns(["input_ids", "token_type_ids", "attention_mask"])
+    return [rows[i] for i in range(n)]
+
+
+def _logits(model, batch) -> np.ndarray:
+    with torch.no_grad():
+        return model.eval()(**batch).logits.numpy()
+
+
+def test_batches_pad_to_a_multiple_and_score_as_before(setup):
+    """train.pad_to_multiple_of rounds every batch's length up; the padding is masked, so the scores stay."""
+    source, tokenizer, tokenized = setup
+    features = _features(tokenized, 4)
+    longest = max(len(f["input_ids"]) for f in features)
+    assert longest % 16, "the pairs must need padding for this test to say anything"
+    settings = SETTINGS.model_copy(update={"pad_to_multiple_of": 16})
+    plain, padded = (collator(tokenizer, tokenized["train"], s)(features) for s in (SETTINGS, settings))
+    assert plain["input_ids"].shape[1] == longest
+    assert padded["input_ids"].shape[1] == 16 * math.ceil(longest / 16)
+    model = new_model(source, 7)
+    np.testing.assert_allclose(_logits(model, padded), _logits(model, plain), atol=1e-5)
+
+
+def test_compile_on_trains_a_compiled_model_that_computes_what_eager_does(setup, monkeypatch):
+    """train.compile: true trains compiled, in place: the state dict keeps its keys and the function is the same.
+
+    Dynamo traces forward and backward as it would for Inductor; the test's backend runs the traced graphs
+    as they are (``aot_eager``), since Inductor's C++ build takes minutes on CPU (bench.compile times it).
+    Dropout draws its masks differently compiled, so the runs themselves are not compared. "auto" stays eager here.
+    """
+    assert resolve_compile(True) and not resolve_compile(False) and not resolve_compile("auto")
+    source, tokenizer, tokenized = setup
+    settings = SETTINGS.model_copy(update={"compile": True, "pad_to_multiple_of": 16})
+    calls, real_compile = [], torch.nn.Module.compile
+
+    def compile_cheaply(self, *args, **kwargs):
+        calls.append(kwargs)
+        return real_compile(self, *args, backend="aot_eager", **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_cheaply)
+    torch._dynamo.reset()
+    model = new_model(source, settings.seed)
+    result = train(
+        model, tokenizer, tokenized["train"], tokenized["validation"], hp(num_train_epochs=1), settings, "fp32"
+    )
+    assert calls == [{"dynamic": None}] and model._compiled_call_impl is not None
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > 0, "nothing was compiled"
+    eager = new_model(source, settings.seed)
+    eager.load_state_dict(result.best_state)  # the same keys: a compiled model's weights load as they are
+    batch = collator(tokenizer, tokenized["train"], settings)(_features(tokenized, 8))
+    np.testing.assert_allclose(_logits(model, batch), _logits(eager, batch), atol=1e-4)

@@ -177,7 +177,7 @@ def test_a_study_opens_on_its_runs_and_its_link_stores_the_trial_runs_view(tmp_p
     """The experiment kind the UI reads, and the shared view the printed link opens, without a browser."""
     from mlflow.tracking import MlflowClient
 
-    from runner.record.runs import Objective, Tracker, trial_runs_link
+    from runner.record.runs import Tracker, TrialsView, trial_runs_link
 
     monkeypatch.chdir(tmp_path)
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
@@ -196,9 +196,9 @@ def test_a_study_opens_on_its_runs_and_its_link_stores_the_trial_runs_view(tmp_p
     eid = trackers["new"].experiment_id
     before = parse_qs(urlsplit(trial_runs_link(uri, eid)).fragment.partition("?")[2])
     assert before == {"searchFilter": ["tags.`runner.role` = 'trial'"], "workflowType": ["machine_learning"]}
-    link = trial_runs_link(uri, eid, Objective("eval_loss", "minimize", ["learning_rate", "warmup_ratio"]))
+    trackers["new"].store_trials_view(TrialsView("eval_loss", "minimize", ["learning_rate", "warmup_ratio"]))
+    link = trial_runs_link(uri, eid)
     assert link == f"#/experiments/{eid}/runs?viewStateShareKey=runner-trials&workflowType=machine_learning"
-    assert trial_runs_link(uri, eid) == link  # runner.ui, which knows no objective, opens the same view
     view = json.loads(client.get_experiment(eid).tags["mlflow.sharedViewState.runner-trials"])
     assert view == {
         "searchFilter": "tags.`runner.role` = 'trial'",

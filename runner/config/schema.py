@@ -180,6 +180,16 @@ class TrainConfig(_Strict):
     # Paraphrase is symmetric: each time a training pair is drawn, it is shown as (sentence2,
     # sentence1) with this probability (ELECTRA trains MRPC on both orders). 0 keeps the order.
     swap_order: Annotated[float, Field(ge=0, le=1)] = 0.0
+    # torch.compile for training and evaluation: true, false, or "auto", which compiles only where a
+    # whole trial was measured to get faster (bench/README.md, "torch.compile"). A boolean, not on/off:
+    # YAML reads a bare `on` as true.
+    compile: bool | Literal["auto"] = "auto"
+    # With compile on: None lets torch mark a dimension dynamic after its first change; True compiles
+    # one dynamic graph from the start; False compiles each shape (at most 8, then eager).
+    compile_dynamic: bool | None = None
+    # Pad each batch's length up to a multiple of this (1: to its longest pair). Compiled, a few
+    # lengths then cover every batch (MRPC at 16: 8 lengths up to 128).
+    pad_to_multiple_of: Annotated[int, Field(ge=1, le=128)] = 1
 
 
 class TrackingConfig(_Strict):

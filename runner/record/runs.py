@@ -64,8 +64,8 @@ TRIALS_VIEW_KEY = "runner-trials"
 TRIALS_FILTER = "tags.`runner.role` = 'trial'"
 
 
-class Objective(NamedTuple):
-    """What a study optimises, as the trial runs view shows it: sorted by ``best_<metric>``, params as columns."""
+class TrialsView(NamedTuple):
+    """The trial runs view of a study: sorted by ``best_<metric>`` in its direction, the params as columns."""
 
     metric: str
     direction: str  # maximize or minimize
@@ -152,6 +152,16 @@ class Tracker:
         )
         for path in files:
             self.client.log_artifact(self.study_run_id, str(path))
+
+    def store_trials_view(self, view: TrialsView) -> None:
+        """Store the study's trial runs view on its experiment, where ``trial_runs_link`` opens it."""
+        tag = SHARED_VIEW_PREFIX + TRIALS_VIEW_KEY
+        state = json.dumps(_trials_view(view), sort_keys=True)
+        try:
+            if self.client.get_experiment(self.experiment_id).tags.get(tag) != state:
+                self.client.set_experiment_tag(self.experiment_id, tag, state)
+        except MlflowException as err:  # workers writing it at once; the view is a convenience, not a record
+            log.warning("could not store the trial runs view: %s", err)
 
     def clear_study_run_tag(self, key: str) -> None:
         """Remove ``key`` from the study run if it has it (a budget stop's note, once a later sweep finished)."""
@@ -288,38 +298,26 @@ def mark_training_experiment(client: MlflowClient, experiment_id: str) -> None:
         client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, TRAINING_KIND)
 
 
-def trial_runs_link(tracking_uri: str, experiment_id: str, objective: Objective | None = None) -> str:
+def trial_runs_link(tracking_uri: str, experiment_id: str) -> str:
     """The MLflow UI's page of a study's trial runs, as the part of its URL after the server's address.
 
-    With ``objective``, the view is stored on the experiment first: the trial runs alone, best first
-    by ``best_<metric>``, with the searched params and that metric as columns. Without it, the link opens
-    the view stored before, or, for a study without one, the trial runs in the UI's default order.
-    ``workflowType`` keeps the UI in its machine-learning layout, whatever it showed last.
+    It opens the view the sweep stored (``Tracker.store_trials_view``), or, for an experiment without
+    one, the trial runs in the UI's default order. ``workflowType`` keeps the UI in its
+    machine-learning layout, whatever it showed last. Reads only.
     """
-    client = MlflowClient(absolute_sqlite_uri(tracking_uri))
-    tag = SHARED_VIEW_PREFIX + TRIALS_VIEW_KEY
-    stored = True
-    if objective is not None:
-        view = json.dumps(_trials_view(objective), sort_keys=True)
-        try:
-            if client.get_experiment(experiment_id).tags.get(tag) != view:
-                client.set_experiment_tag(experiment_id, tag, view)
-        except MlflowException as err:  # workers writing it at once; the link is a convenience, not a record
-            log.warning("could not store the trial runs view: %s", err)
-            stored = tag in client.get_experiment(experiment_id).tags
-    else:
-        stored = tag in client.get_experiment(experiment_id).tags
+    tags = MlflowClient(absolute_sqlite_uri(tracking_uri)).get_experiment(experiment_id).tags
+    stored = SHARED_VIEW_PREFIX + TRIALS_VIEW_KEY in tags
     query = {"viewStateShareKey": TRIALS_VIEW_KEY} if stored else {"searchFilter": TRIALS_FILTER}
     query["workflowType"] = "machine_learning"
     return f"#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=quote)}"
 
 
-def _trials_view(objective: Objective) -> dict[str, Any]:
+def _trials_view(view: TrialsView) -> dict[str, Any]:
     """The shared view state the UI reads: its search facets and the table's columns."""
-    score = f"best_{objective.metric}"
+    score = f"best_{view.metric}"
     return {
         "searchFilter": TRIALS_FILTER,
         "orderByKey": f"metrics.`{score}`",
-        "orderByAsc": objective.direction == "minimize",
-        "selectedColumns": [*(f"params.`{name}`" for name in objective.params), f"metrics.`{score}`"],
+        "orderByAsc": view.direction == "minimize",
+        "selectedColumns": [*(f"params.`{name}`" for name in view.params), f"metrics.`{score}`"],
     }

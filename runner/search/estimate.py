@@ -107,7 +107,7 @@ class TrialTimes:
         """Seconds until a running trial ends, at its own epoch pace once it has one; None while unknown.
 
         Before its first epoch ends, its step rate stands in (the live display knows it; other
-        workers' trials in the storage do not carry one).
+        workers' trials in the storage do not carry one); before a step, a typical finished trial.
         """
         if trial.epochs is not None and (trial.epoch_seconds or self.measured):
             done = len(trial.epoch_seconds)
@@ -119,7 +119,8 @@ class TrialTimes:
             return max(0, trial.epochs - done) * per_epoch + self.fixed_seconds()
         if trial.steps_per_second and trial.steps_total is not None and trial.steps_done is not None:
             return max(0, trial.steps_total - trial.steps_done) / trial.steps_per_second
-        return None
+        # Just started, its plan and pace unknown yet: a typical finished trial, rather than no ETA at all.
+        return self.typical_trial_seconds()
 
     def whole_seconds(self, trial: Running) -> float | None:
         """Seconds a whole trial like this running one takes, start to end; None while unknown."""

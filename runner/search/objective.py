@@ -32,7 +32,7 @@ from runner.search.space import suggest
 from runner.training import bootstrap
 from runner.training.data import MrpcData
 from runner.training.model import attention_dropout, new_model, resolve_attention
-from runner.training.train import resolve_precision, train
+from runner.training.train import resolve_compile, resolve_precision, train
 from runner.workers import worker
 from runner.workers.launch import local_workers
 
@@ -124,6 +124,9 @@ class Objective:
             "per_device_eval_batch_size": self.cfg.train.per_device_eval_batch_size,
             "group_by_length": self.cfg.train.group_by_length,
             "swap_order": self.cfg.train.swap_order,
+            "compile": resolve_compile(self.cfg.train.compile),
+            "compile_dynamic": self.cfg.train.compile_dynamic,
+            "pad_to_multiple_of": self.cfg.train.pad_to_multiple_of,
             "lr_scheduler_type": self.cfg.train.lr_scheduler_type,
             "max_grad_norm": self.cfg.train.max_grad_norm,
             "train_samples": len(self.tokenized["train"]),

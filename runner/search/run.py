@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from runner.config import SweepConfig
 from runner.errors import ConfigError, WorkFailed
 from runner.record.checkpoint import BestCheckpoint
-from runner.record.runs import Tracker
+from runner.record.runs import Tracker, TrialsView
 from runner.record.store import check_reachable
 from runner.search import budget as time_budget
 from runner.search.budget import Budget
@@ -84,6 +84,21 @@ def prepare_inputs(cfg: SweepConfig) -> Inputs:
     return Inputs(data, source, tokenizer, tokenized)
 
 
+@dataclass
+class Session:
+    """What one sweep process holds while it runs: its inputs, its stores, the lock, the display and the budget."""
+
+    cfg: SweepConfig
+    inputs: Inputs
+    lock: StudyLock
+    study: optuna.Study
+    tracker: Tracker
+    checkpoint: BestCheckpoint
+    confirm: optuna.Study | None = None  # the confirmation stage's study, when it has one
+    display: SweepDisplay | None = None
+    budget: Budget | None = None
+
+
 def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None) -> int:
     """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed.
 
@@ -109,6 +124,7 @@ def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None
                 cfg.tracking.tracking_uri, cfg.study.name, cfg.tracking.artifact_location, cfg.tracking.system_metrics
             )
             tracker.open_study_run(study, reproduction_tags(cfg))
+            tracker.store_trials_view(TrialsView(cfg.study.metric, cfg.study.direction, list(cfg.searched())))
             # Opened once and handed to whoever reads the stage: each opening costs a schema check.
             confirm = open_confirm_study(cfg) if cfg.study.confirm.top_k > 0 else None
             budget = time_budget.join(study, cfg.study.timeout, started) if cfg.study.timeout else None
@@ -120,11 +136,12 @@ def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None
                 settle_stale(study, tracker)
             checkpoint = BestCheckpoint(cfg.tracking.best_model_dir, cfg.study.name, cfg.study.direction == "maximize")
             checkpoint.remove_leftovers()
-            objective, guard = optimize(study, cfg, inputs, tracker, checkpoint, lock, display, budget)
+            session = Session(cfg, inputs, lock, study, tracker, checkpoint, confirm, display, budget)
+            objective, guard = optimize(session)
             # A search the budget cut short gets no confirmation stage yet: its plan would freeze the top so far.
             searched = len(study.get_trials(deepcopy=False, states=FINISHED)) >= cfg.study.n_trials
-            if not guard.tripped and cfg.study.confirm.top_k > 0 and (budget is None or searched):
-                guard = confirm_stage(study, confirm, cfg, objective, checkpoint, lock, display, budget)
+            if not guard.tripped and confirm is not None and (budget is None or searched):
+                guard = confirm_stage(session, objective)
             status = "FAILED" if guard.tripped else "FINISHED"
             cut = time_budget.unfinished(study, cfg, confirm) if budget is not None and not guard.tripped else None
         finally:
@@ -156,18 +173,11 @@ def _open_lock(cfg: SweepConfig) -> StudyLock:
         raise ConfigError(f"cannot lock study {cfg.study.name!r} in {cfg.study.storage}: {err}") from None
 
 
-def optimize(
-    study: optuna.Study,
-    cfg: SweepConfig,
-    inputs: Inputs,
-    tracker: Tracker,
-    checkpoint: BestCheckpoint,
-    lock: StudyLock,
-    display: SweepDisplay | None = None,
-    budget: Budget | None = None,
-) -> tuple[Objective, FailureGuard]:
+def optimize(session: Session) -> tuple[Objective, FailureGuard]:
     """Run trials until the study has ``n_trials`` finished ones (across all workers), too many fail,
-    or the time ``budget`` has no room for another trial."""
+    or the time budget has no room for another trial."""
+    cfg, study, display, budget = session.cfg, session.study, session.display, session.budget
+    inputs, tracker = session.inputs, session.tracker
     done = len(study.get_trials(deepcopy=False, states=FINISHED))
     progress = SweepProgress(
         cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize", view=display
@@ -177,7 +187,7 @@ def optimize(
     if any(t.state == TrialState.COMPLETE for t in study.trials):
         progress.set_best(study.best_value, study.best_trial.number)
     objective = Objective(
-        cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, checkpoint, progress
+        cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, session.checkpoint, progress
     )
     objective.budget = budget
     epochs = time_budget.min_epochs(cfg)  # the cheapest trial the space allows: what the budget must fit
@@ -207,7 +217,7 @@ def optimize(
         study,
         linked,
         cfg.study.n_trials,
-        lock,
+        session.lock,
         callbacks=[guard],
         should_stop=lambda: guard.tripped or (budget is not None and not budget.allows_trial([study], epochs)),
         retry_failed=cfg.study.retry_failed,
@@ -215,23 +225,16 @@ def optimize(
     return objective, guard
 
 
-def confirm_stage(
-    study: optuna.Study,
-    confirm: optuna.Study,
-    cfg: SweepConfig,
-    objective: Objective,
-    checkpoint: BestCheckpoint,
-    lock: StudyLock,
-    display: SweepDisplay | None = None,
-    budget: Budget | None = None,
-) -> FailureGuard:
+def confirm_stage(session: Session, objective: Objective) -> FailureGuard:
     """Re-train the ``top_k`` best configurations ``seeds`` times each (across all workers), then keep the winner.
 
-    Runs after the search reached its total; ``confirm`` is the stage's own study (open_confirm_study).
+    Runs after the search reached its total, in the session's confirmation study (open_confirm_study).
     The jobs are split through the same lock and
     scheduler as the search's trials (see runner.search.confirm); the last worker to see
     the stage complete makes the winner's best run the kept model.
     """
+    cfg, study, confirm, lock = session.cfg, session.study, session.confirm, session.lock
+    display, budget = session.display, session.budget
     with lock:
         plan = make_plan(study, confirm, cfg)
     is_done = done_counter(plan)
@@ -264,7 +267,7 @@ def confirm_stage(
     )
     outcome = summarize(study, confirm, cfg.study.metric)
     if not guard.tripped and outcome is not None and outcome.complete:
-        keep_winner(cfg, checkpoint, outcome)
+        keep_winner(cfg, session.checkpoint, outcome)
     return guard
 
 

@@ -13,7 +13,7 @@ from runner.config import SweepConfig, TrackingConfig
 from runner.record import artifacts
 from runner.record.checkpoint import BestCheckpoint
 from runner.record.history import study_experiment_id
-from runner.record.runs import Objective, trial_runs_link
+from runner.record.runs import trial_runs_link
 from runner.record.store import absolute_sqlite_uri
 from runner.redact import redact_url
 from runner.search.confirm import Confirmation, summarize
@@ -104,13 +104,12 @@ def _budget_line(study: optuna.Study, cfg: SweepConfig, stopped: str) -> str:
 
 
 def trial_runs_line(study: optuna.Study, cfg: SweepConfig, flags: str) -> str:
-    """Where the study's trial runs open in the MLflow UI, best first, its searched params as columns.
+    """Where the study's trial runs open in the MLflow UI: the view the sweep stored (best first, params as columns).
 
     A tracking server serves the page itself; a SQLite store needs ``runner.ui`` (default port 5000) to serve it.
     """
     uri = absolute_sqlite_uri(cfg.tracking.tracking_uri)
-    objective = Objective(cfg.study.metric, cfg.study.direction, list(cfg.searched()))
-    link = trial_runs_link(uri, study_experiment_id(uri, study.study_name), objective)
+    link = trial_runs_link(uri, study_experiment_id(uri, study.study_name))
     if urlparse(uri).scheme in ("http", "https"):
         return f"trial runs, best first: {redact_url(uri).rstrip('/')}/{link}\n"
     return f"trial runs, best first: python -m runner.ui{flags}, then open http://127.0.0.1:5000/{link}\n"

@@ -45,6 +45,16 @@ def resolve_precision(mixed: bool) -> str:
     return "bf16" if cpu_bf16_is_fast() else "fp32"
 
 
+def resolve_compile(setting: bool | str) -> bool:
+    """Whether ``train.compile`` compiles here: true and false say so; "auto" follows what was measured.
+
+    On CPU a compiled trial was slower as a whole than an eager one, compilation included
+    (bench/README.md, "torch.compile"), so "auto" stays eager there. On CUDA it is not measured
+    yet, and a trial's meaning must not change on a guess: eager too, until bench.compile says otherwise.
+    """
+    return setting is True
+
+
 @functools.cache
 def cpu_bf16_is_fast() -> bool:
     """Does a bf16 matrix multiply beat fp32 on this CPU? Measured once per process.
@@ -129,8 +139,8 @@ class SwapOrderCollator:
 
     KEEP = ("input_ids", "token_type_ids", "attention_mask", "label", "labels")
 
-    def __init__(self, tokenizer, probability: float, seed: int):
-        self.pad = DataCollatorWithPadding(tokenizer)
+    def __init__(self, tokenizer, probability: float, seed: int, pad_to_multiple_of: int | None = None):
+        self.pad = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_to_multiple_of)
         self.probability = probability
         self.rng = np.random.default_rng(seed)
 
@@ -144,12 +154,16 @@ class SwapOrderCollator:
 
 
 def collator(tokenizer, train_dataset, settings: TrainConfig):
-    """Padding alone, or the swap-order collator when ``train.swap_order`` is on (it needs both orders' tokens)."""
+    """Padding alone, or the swap-order collator when ``train.swap_order`` is on (it needs both orders' tokens).
+
+    Either pads a batch to its longest pair, rounded up to ``train.pad_to_multiple_of``.
+    """
+    multiple = settings.pad_to_multiple_of if settings.pad_to_multiple_of > 1 else None
     if settings.swap_order == 0:
-        return DataCollatorWithPadding(tokenizer)
+        return DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple)
     if SWAPPED + "input_ids" not in train_dataset.column_names:
         raise ValueError("train.swap_order needs the pairs tokenized in both orders: tokenize(..., both_orders=True)")
-    return SwapOrderCollator(tokenizer, settings.swap_order, settings.seed)
+    return SwapOrderCollator(tokenizer, settings.swap_order, settings.seed, multiple)
 
 
 def longest_first(dataset) -> np.ndarray:
@@ -264,6 +278,9 @@ def train(
     callback = _EpochCallback(result, metric, maximize, on_epoch, progress)
     # Computed once per trial: every epoch's evaluation runs in this order.
     callback.eval_order = longest_first(eval_dataset)
+    if resolve_compile(settings.compile):
+        # In place: the state dict keeps its keys, so the best weights load and save as they would eagerly.
+        model.compile(dynamic=settings.compile_dynamic)
     with tempfile.TemporaryDirectory(prefix="runner-trial-") as output_dir:
         trainer = _Trainer(
             model=model,
