@@ -136,3 +136,42 @@ def timed(cmd: list[str], cwd: Path, log_path: Path) -> float:
     if done.returncode != 0:
         sys.exit(f"bench: {cmd[2]} failed with exit {done.returncode}; see {log_path}")
     return seconds
+
+
+def fixed_sweep_command(args, overrides: dict | None = None) -> list[str]:
+    """``python -m runner.sweep`` as a user runs it, on one fixed configuration so every trial costs the same.
+
+    The default sweep file, ``args.trials`` trials of ``args.epochs`` epochs on ``args.train_samples`` /
+    ``args.eval_samples`` pairs, no pruning, no confirmation stage; ``overrides`` are more ``--set``s.
+    """
+    fixed = {
+        "data.max_train_samples": args.train_samples,
+        "data.max_eval_samples": args.eval_samples,
+        "study.confirm.top_k": 0,
+        "study.pruner": "none",
+        "search_space.learning_rate": 1e-4,
+        "search_space.per_device_train_batch_size": 32,
+        "search_space.num_train_epochs": args.epochs,
+        "search_space.fp16": "true",
+        **(overrides or {}),
+    }
+    command = [sys.executable, "-m", "runner.sweep", "--config", str(ROOT / "sweeps" / "mrpc.yaml")]
+    command += ["--data-dir", data_dir(), "--trials", str(args.trials), "--no-system-metrics"]
+    return command + [item for key, value in fixed.items() for item in ("--set", f"{key}={value}")]
+
+
+def sweep_arguments(parser, trials: int, epochs: int, quick: str) -> None:
+    """Flags of a benchmark that times ``fixed_sweep_command``: ``--quick`` (``quick`` says what it runs), the slice."""
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--trials", type=int, default=trials)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--train-samples", type=int, help="default: 256 with --quick, else the whole train split")
+    parser.add_argument("--eval-samples", type=int, help="default: 128 with --quick, else the whole validation split")
+
+
+def parse_sweep_arguments(parser, argv: list[str] | None):
+    """Parse, then fill the slice ``--quick`` implies (256/128 pairs; else full MRPC: 3668/408)."""
+    args = parser.parse_args(argv)
+    args.train_samples = args.train_samples or (256 if args.quick else 3668)
+    args.eval_samples = args.eval_samples or (128 if args.quick else 408)
+    return args

@@ -26,7 +26,6 @@ import argparse
 import logging
 import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
@@ -44,24 +43,6 @@ VARIANTS: dict[str, tuple[dict, str | None]] = {
     "compiled dynamic, pad 16": ({**COMPILED, "train.compile_dynamic": "true"}, "cold"),
     "compiled, pad 16, warm disk cache": (COMPILED, "warm"),
 }
-
-
-def sweep_command(args, overrides: dict) -> list[str]:
-    """The runner command of one variant: the default sweep file, one configuration, no confirmation."""
-    fixed = {
-        "data.max_train_samples": args.train_samples,
-        "data.max_eval_samples": args.eval_samples,
-        "study.confirm.top_k": 0,
-        "study.pruner": "none",
-        "search_space.learning_rate": 1e-4,
-        "search_space.per_device_train_batch_size": 32,
-        "search_space.num_train_epochs": args.epochs,
-        "search_space.fp16": "true",
-        **overrides,
-    }
-    command = [sys.executable, "-m", "runner.sweep", "--config", str(common.ROOT / "sweeps" / "mrpc.yaml")]
-    command += ["--data-dir", common.data_dir(), "--trials", str(args.trials), "--no-system-metrics"]
-    return command + [item for key, value in fixed.items() for item in ("--set", f"{key}={value}")]
 
 
 def trial_times(work: Path) -> list[dict]:
@@ -89,7 +70,7 @@ def run_once(args, name: str, caches: Path) -> dict:
             target = caches / "warm" if cache == "warm" else Path(tempfile.mkdtemp(dir=caches, prefix="cold-"))
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(target)
         try:
-            wall = common.timed(sweep_command(args, overrides), work, work / "sweep.log")
+            wall = common.timed(common.fixed_sweep_command(args, overrides), work, work / "sweep.log")
         finally:
             os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
         return {"wall": wall, "trials": trial_times(work)}
@@ -120,16 +101,10 @@ def summary(name: str, runs: list[dict], eager: dict | None) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="2 trials x 2 epochs on 256/128 pairs, 2 repeats")
-    parser.add_argument("--trials", type=int, default=2)
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--train-samples", type=int)
-    parser.add_argument("--eval-samples", type=int)
+    common.sweep_arguments(parser, trials=2, epochs=2, quick="2 trials x 2 epochs on 256/128 pairs, 2 repeats")
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), metavar="VARIANT", help="run only these")
-    args = parser.parse_args(argv)
-    args.train_samples = args.train_samples or (256 if args.quick else 3668)
-    args.eval_samples = args.eval_samples or (128 if args.quick else 408)
+    args = common.parse_sweep_arguments(parser, argv)
     args.repeats = args.repeats or (2 if args.quick else 1)
     common.setup()
     names = [n for n in VARIANTS if not args.only or n in args.only or n == "eager"]

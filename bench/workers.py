@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import tempfile
 from pathlib import Path
 
@@ -25,21 +24,8 @@ log = logging.getLogger("bench.workers")
 
 
 def sweep_command(args, workers: int) -> list[str]:
-    """The runner command of one variant: the default sweep file, one configuration, no confirmation."""
-    fixed = {
-        "data.max_train_samples": args.train_samples,
-        "data.max_eval_samples": args.eval_samples,
-        "study.confirm.top_k": 0,
-        "study.pruner": "none",
-        "search_space.learning_rate": 1e-4,
-        "search_space.per_device_train_batch_size": 32,
-        "search_space.num_train_epochs": args.epochs,
-        "search_space.fp16": "true",
-    }
-    command = [sys.executable, "-m", "runner.sweep", "--config", str(common.ROOT / "sweeps" / "mrpc.yaml")]
-    command += ["--data-dir", common.data_dir(), "--trials", str(args.trials), "--no-system-metrics"]
-    command += [item for key, value in fixed.items() for item in ("--set", f"{key}={value}")]
-    return command + (["--workers", str(workers)] if workers > 1 else [])
+    """The runner command of one variant: one fixed configuration, no confirmation, ``--workers`` when K > 1."""
+    return common.fixed_sweep_command(args) + (["--workers", str(workers)] if workers > 1 else [])
 
 
 def run_once(args, workers: int) -> float:
@@ -50,16 +36,10 @@ def run_once(args, workers: int) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="4 one-epoch trials on 256/128 pairs, 2 repeats")
-    parser.add_argument("--trials", type=int, default=4)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--train-samples", type=int)
-    parser.add_argument("--eval-samples", type=int)
+    common.sweep_arguments(parser, trials=4, epochs=1, quick="4 one-epoch trials on 256/128 pairs, 2 repeats")
     parser.add_argument("--workers", type=int, default=2, help="K of the second variant (default 2)")
     parser.add_argument("--repeats", type=int, default=2)
-    args = parser.parse_args(argv)
-    args.train_samples = args.train_samples or (256 if args.quick else 3668)
-    args.eval_samples = args.eval_samples or (128 if args.quick else 408)
+    args = common.parse_sweep_arguments(parser, argv)
     common.setup()
     cores = os.cpu_count() or 1
     k = args.workers
