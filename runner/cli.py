@@ -163,6 +163,9 @@ def quiet_libraries() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+BROKEN_PIPE_CODE = 141  # what a shell reports for a process that SIGPIPE ended: 128 + 13
+
+
 def run_command(
     prog: str,
     work: Callable[[], int],
@@ -201,6 +204,12 @@ def run_command(
     except KeyboardInterrupt:
         print(f"{prog}: {on_interrupt}", file=sys.stderr)
         return interrupt_code
+    except BrokenPipeError:
+        # The reader of stdout went away (`runner report | head`): stop quietly, as `yes | head` does.
+        # Pointing stdout at /dev/null keeps the interpreter's last flush from raising it again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return BROKEN_PIPE_CODE
 
 
 def run_checked(

@@ -191,6 +191,25 @@ def test_sigterm_stops_like_ctrl_c_and_the_previous_handler_comes_back():
         signal.signal(signal.SIGTERM, before)
 
 
+def test_a_reader_that_goes_away_ends_the_command_quietly():
+    """`runner report | head`: once stdout's reader closes the pipe, the command stops, no traceback, exit 141."""
+    program = (
+        "import sys\nfrom runner.cli import run_command\n"
+        "def work():\n    while True:\n        print('trial row ' * 8)\n"
+        "sys.exit(run_command('runner report', work, quiet=False))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline().startswith(b"trial row")
+        proc.stdout.close()  # what `head` does once it has its lines
+        stderr = proc.stderr.read()
+        assert proc.wait(timeout=60) == 141
+        assert stderr == b""
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 @pytest.mark.parametrize(
     ("message", "expected"),
     [("\n  cannot connect\ndetails: ...\n", "cannot connect"), ("", "OSError"), ("  \n ", "OSError")],

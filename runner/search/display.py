@@ -11,7 +11,8 @@ plain mode, so nothing is lost. None is shown when stderr is no terminal or with
 
 The ETA is runner.search.estimate's ``eta_seconds``: trials not yet started times a typical trial,
 plus what the running trials have left, divided by the number of workers. Until an epoch has been
-timed the step rate stands in; before any step it says "measuring".
+timed the step rate stands in, and a typical finished trial for one that has not stepped yet;
+before the first trial's steps it says "measuring".
 """
 
 from __future__ import annotations
