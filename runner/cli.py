@@ -152,6 +152,8 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     datasets.logging.set_verbosity_error()
     datasets.disable_progress_bars()
+    # MLflow's "Downloading artifacts" bars (export, report); a user's own setting wins.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     for noisy in (
         "mlflow",
         "mlflow.system_metrics.system_metrics_monitor",

@@ -191,6 +191,30 @@ def test_sigterm_stops_like_ctrl_c_and_the_previous_handler_comes_back():
         signal.signal(signal.SIGTERM, before)
 
 
+def test_quiet_libraries_turn_off_mlflows_download_bars(tmp_path, monkeypatch, capfd):
+    """Export and report download artifacts: without --debug, MLflow draws no progress bar on stderr."""
+    import mlflow
+    from mlflow.artifacts import download_artifacts
+
+    from runner.cli import quiet_libraries
+
+    # Set, then removed: monkeypatch then puts back what the process had, whatever quiet_libraries sets.
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri)
+    run = client.create_run(client.create_experiment("bars", artifact_location=str(tmp_path / "art")))
+    (tmp_path / "table.csv").write_text("trial,f1\n0,0.8\n")
+    client.log_artifact(run.info.run_id, str(tmp_path / "table.csv"))
+    quiet_libraries()
+    capfd.readouterr()
+    download_artifacts(
+        run_id=run.info.run_id, artifact_path="table.csv", dst_path=str(tmp_path / "out"), tracking_uri=uri
+    )
+    assert (tmp_path / "out" / "table.csv").exists()
+    assert "Downloading" not in capfd.readouterr().err
+
+
 def test_a_reader_that_goes_away_ends_the_command_quietly():
     """`runner report | head`: once stdout's reader closes the pipe, the command stops, no traceback, exit 141."""
     program = (
