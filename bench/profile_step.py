@@ -22,6 +22,8 @@ GROUPS = {
     "element-wise and norms": ("gelu", "native_layer_norm", "layer_norm", "dropout", "native_dropout", "add", "mul"),
     "dtype casts (autocast)": ("to", "_to_copy", "copy_"),
     "optimizer": ("_fused_adam", "_foreach", "adam"),
+    # The random masks of dropout (issue 13 asks whether cheaper ones are worth it).
+    "dropout masks (bernoulli_)": ("bernoulli",),
     "embedding": ("embedding",),
 }
 
@@ -97,7 +99,13 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + "\n".join(f"{e.key:40s} {e.self_cpu_time_total / 1e6 / steps:.3f} s/step" for e in top))
     common.save(
         f"profile-{'fp32' if args.fp32 else 'bf16'}",
-        {"steps": steps, "threads": torch.get_num_threads(), "groups": totals, "table": text},
+        {
+            "steps": steps,
+            "threads": torch.get_num_threads(),
+            "groups": totals,
+            "top": {e.key: e.self_cpu_time_total / 1e6 / steps for e in top},
+            "table": text,
+        },
     )
 
 

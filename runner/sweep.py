@@ -35,7 +35,7 @@ from runner.config import (
 )
 from runner.config.schema import parse_duration
 from runner.errors import ConfigError
-from runner.workers.launch import BUDGET_START_ENV, WORKER_ENV
+from runner.workers.launch import AUTO_CHOICE_ENV, BUDGET_START_ENV, WORKER_ENV
 
 log = logging.getLogger("runner")
 
@@ -45,6 +45,7 @@ EXAMPLES = """examples:
   python -m runner.sweep --config sweeps/smoke.yaml --trials 3 --data-dir ../shared/data/mrpc
   python -m runner.sweep --study lr-fixed --set search_space.learning_rate=5e-5
   python -m runner.sweep --trials 20 --workers 2            # two worker processes on this machine
+  python -m runner.sweep --trials 20 --workers auto         # as many as pay off here (GPUs, cores, model size)
   python -m runner.sweep --trials 20 --timeout 45m          # the best 45 minutes can give; run again to go on
   PGPASSWORD=... python -m runner.sweep --storage postgresql://USER@HOST/optuna --tracking-uri https://HOST
                                                            # the same command on each machine: one shared study
@@ -87,7 +88,8 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         metavar="K",
         type=_int_arg("--workers"),
         help="run K worker processes on this machine on the same study (one per GPU when there are GPUs, "
-        "else each with its share of the CPU cores); default 1",
+        "else each with its share of the CPU cores); auto: one per GPU, or on a CPU two for a small model "
+        "(measured: more trials per hour), else one; default 1",
     )
     p.add_argument(
         "--retry-failed",
@@ -120,9 +122,30 @@ def _int_arg(flag: str):
     return parse
 
 
-def _check_count(flag: str, value: int | str | None, minimum: int) -> None:
-    if value is not None and (not isinstance(value, int) or value < minimum):
-        raise ConfigError(f"{flag} must be an integer >= {minimum}, got {value!r}")
+def _check_count(flag: str, value: int | str | None, minimum: int, words: tuple[str, ...] = ()) -> None:
+    if value is None or value in words:
+        return
+    if not isinstance(value, int) or value < minimum:
+        also = "".join(f" or {w}" for w in words)
+        raise ConfigError(f"{flag} must be an integer >= {minimum}{also}, got {value!r}")
+
+
+def _auto_workers(cfg: SweepConfig) -> tuple[int, str]:
+    """``--workers auto``: the count for this machine and model (runner.workers.launch.auto_workers), logged.
+
+    Returns the count and what was chosen and why, in words, for the summary.
+    """
+    from runner.training.model import count_parameters, resolve_model
+    from runner.workers.launch import auto_workers, cpu_count, visible_gpus
+    from runner.workers.storage import is_shared_storage
+
+    if not is_shared_storage(cfg.study.storage):
+        choice = 1, f"1 worker (--workers auto: {cfg.study.storage} is not shared between processes)"
+    else:
+        params = count_parameters(resolve_model(cfg.model.name))
+        choice = auto_workers(cpu_count(), visible_gpus(), params, cfg.study.n_trials)
+    log.info("%s", choice[1])
+    return choice
 
 
 def _check_timeout(value: str | None) -> None:
@@ -188,14 +211,21 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     return resolve_data_dir(load_config(path, overrides), args.data_dir)
 
 
-def _launch(cfg: SweepConfig, workers: int, argv: list[str], quiet: bool = False, started: float | None = None) -> int:
+def _launch(
+    cfg: SweepConfig,
+    workers: int,
+    argv: list[str],
+    quiet: bool = False,
+    started: float | None = None,
+    note: str | None = None,
+) -> int:
     from runner.workers.launch import launch_workers
     from runner.workers.storage import is_shared_storage
 
     if not is_shared_storage(cfg.study.storage):
         raise ConfigError(f"--workers needs a storage the workers share, not {cfg.study.storage}")
     budget_start = started if cfg.study.timeout is not None else None  # the workers' budget counts from our start
-    return launch_workers(argv, workers, watch=_study_watch(cfg, workers, quiet), budget_start=budget_start)
+    return launch_workers(argv, workers, watch=_study_watch(cfg, workers, quiet), budget_start=budget_start, note=note)
 
 
 def _study_watch(cfg: SweepConfig, workers: int, quiet: bool):
@@ -215,17 +245,18 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 
     def work() -> int:
         started = _budget_start()  # a time budget bounds the whole command: it counts from here
-        _check_count("--workers", args.workers, 1)
+        _check_count("--workers", args.workers, 1, words=("auto",))
         _check_count("--retry-failed", args.retry_failed, 0)
         _check_timeout(args.timeout)
-        if args.workers is not None and args.workers > 1 and os.environ.get(WORKER_ENV) is not None:
+        if args.workers not in (None, 1) and os.environ.get(WORKER_ENV) is not None:
             # Belt and braces against a --workers flag the launcher failed to strip: no fork bomb.
             raise ConfigError(f"--workers: this process is a launcher's worker ({WORKER_ENV} is set): it launches none")
         cfg = resolve_config(args)  # before the heavy imports: a typo is reported at once
         # The stores too: a bad storage URL or an unreachable server fails fast.
         _check_study_storage(cfg)
-        if args.workers is not None and args.workers > 1:
-            return _launch(cfg, args.workers, sys.argv[1:] if argv is None else argv, args.quiet, started)
+        workers, note = _auto_workers(cfg) if args.workers == "auto" else (args.workers, None)
+        if workers is not None and workers > 1:
+            return _launch(cfg, workers, sys.argv[1:] if argv is None else argv, args.quiet, started, note)
         from runner.record.store import check_reachable  # imports mlflow: after the storage checks
 
         check_reachable(cfg.tracking.tracking_uri)
@@ -236,7 +267,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         from runner.workers.launch import apply_thread_limit
 
         apply_thread_limit()
-        return run_sweep(cfg, live=live_wanted(args.quiet), started=started)
+        if note is None and os.environ.get(WORKER_ENV) is not None:
+            note = os.environ.get(AUTO_CHOICE_ENV)  # a launcher's worker: what --workers auto chose, for its summary
+        return run_sweep(cfg, live=live_wanted(args.quiet), started=started, workers_note=note)
 
     # A SIGTERM (e.g. from a job scheduler) stops like Ctrl-C: clean and resumable.
     with sigterm_as_interrupt():

@@ -257,6 +257,28 @@ def sweep_yaml(tmp_path) -> Path:
     return path
 
 
+class NoLauncher:
+    """Stands in for runner.workers.launch.Launcher: records what would be started, starts nothing."""
+
+    started: list[tuple[list[list[str]], list[dict[str, str]]]] = []
+
+    def __init__(self, commands, envs, watch=None, log_dir=None):
+        NoLauncher.started.append(([list(c) for c in commands], [dict(e) for e in envs]))
+
+    def run(self) -> int:
+        return 0
+
+
+@pytest.fixture
+def no_launcher(monkeypatch):
+    """What ``--workers K`` would start (each launch's commands and environments), starting nothing."""
+    import runner.workers.launch as launch
+
+    NoLauncher.started = []
+    monkeypatch.setattr(launch, "Launcher", NoLauncher)
+    return NoLauncher.started
+
+
 @pytest.fixture
 def run_sweep(tmp_path, monkeypatch, capsys, sweep_yaml, tiny_model, mrpc_dir):
     """Call ``runner.sweep.main`` in-process from ``tmp_path`` (so the default stores land there).

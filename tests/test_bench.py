@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import optuna
 import pytest
 import torch
@@ -10,7 +12,7 @@ from optuna.trial import TrialState, create_trial
 from transformers import BertConfig, BertForSequenceClassification
 
 from bench.epoch import epoch_flops, forward_flops
-from bench.pruning import replay
+from bench.pruning import MarginMedianPruner, curves_of, replay
 
 
 @pytest.fixture
@@ -52,12 +54,19 @@ def _trial(number: int, curve: dict[int, float], planned: int, state=TrialState.
     return trial
 
 
+def _curves(*trials):
+    """The curves bench.pruning saves and replays, read from a study holding ``trials`` in order."""
+    study = optuna.create_study(direction="maximize")
+    study.add_trials(sorted(trials, key=lambda t: t.number))
+    return json.loads(json.dumps(curves_of(study)))  # as saved in, and read back from, the results file
+
+
 def test_replay_prunes_weak_trials_and_counts_epochs():
     curves = [_trial(i, {1: 0.80, 2: 0.80 + i / 100, 3: 0.85}, 3) for i in range(4)]
     weak = _trial(4, {1: 0.70, 2: 0.70, 3: 0.70}, 3)
-    none = replay([*curves, weak], optuna.pruners.NopPruner())
+    none = replay(_curves(*curves, weak), optuna.pruners.NopPruner())
     assert none["epochs"] == 15 and none["pruned"] == [] and none["values"][4] == 0.70
-    median = replay([*curves, weak], optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
+    median = replay(_curves(*curves, weak), optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
     assert median["pruned"] == [4] and median["epochs"] == 14  # the weak trial stops after epoch 2
 
 
@@ -66,10 +75,23 @@ def test_replay_never_prunes_after_the_last_epoch_and_flags_unknown_continuation
     last_epoch_low = _trial(3, {1: 0.80, 2: 0.70}, 2)
     cut_short = _trial(4, {1: 0.90}, 3, state=TrialState.PRUNED)  # the original sweep stopped it
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2)  # epoch 2 is the earliest prune
-    result = replay([*curves, last_epoch_low, cut_short], pruner)
+    result = replay(_curves(*curves, last_epoch_low, cut_short), pruner)
     assert 3 not in result["pruned"] and result["values"][3] == 0.80
     assert result["unknown"] == 1 and result["values"][4] == 0.90
     assert result["epochs"] == 3 * 2 + 2 + 3  # the unknown epochs still cost what was planned
+
+
+def test_a_margin_lets_epoch_1_prune_only_the_trials_clearly_behind_the_median():
+    # Epoch 1 near the majority-class F1 for most trials: the plain median prunes a good late starter.
+    curves = [_trial(i, {1: 0.81, 2: 0.84, 3: 0.86}, 3) for i in range(3)]
+    late_starter = _trial(3, {1: 0.805, 2: 0.85, 3: 0.88}, 3)
+    collapsed = _trial(4, {1: 0.70, 2: 0.70, 3: 0.70}, 3)
+    source = _curves(*curves, late_starter, collapsed)
+    plain = replay(source, optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1))
+    assert plain["pruned"] == [3, 4]
+    margin = replay(source, MarginMedianPruner(0.01, n_startup_trials=3, n_warmup_steps=1))
+    assert margin["pruned"] == [4] and margin["values"][3] == 0.88
+    assert margin["epochs"] == 3 * 3 + 3 + 1  # the collapsed trial stops after epoch 1
 
 
 def test_compile_summary_splits_the_first_epoch_from_the_steady_ones():

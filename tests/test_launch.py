@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from runner.workers.launch import worker_commands, worker_env
+import runner.workers.launch as launch
+from runner.training.model import count_parameters
+from runner.workers.launch import auto_workers, worker_commands, worker_env
 from runner.workers.processes import Launcher
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,6 +36,64 @@ def test_one_gpu_per_worker():
         "2",
     ]
     assert [worker_env(i, 3, cores=8, gpus=["4", "7"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["4", "7", "4"]
+
+
+# --- --workers auto ----------------------------------------------------------------------------------
+
+MINILM, BERT_BASE = 22_713_986, 109_483_778  # with a 2-class head
+
+
+@pytest.mark.parametrize(
+    ("cores", "gpus", "params", "trials", "expected"),
+    [
+        (2, [], MINILM, 20, 2),  # the measured case: two single-thread workers finish more trials per hour
+        (16, [], MINILM, 20, 2),
+        (2, [], BERT_BASE, 20, 1),  # not measured for a larger model: every core to one worker
+        (1, [], MINILM, 20, 1),
+        (2, [], MINILM, 1, 1),  # never more workers than trials
+        (16, ["0", "1", "2"], BERT_BASE, 20, 3),  # one per GPU
+        (16, ["0", "1", "2"], BERT_BASE, 2, 2),
+    ],
+)
+def test_workers_auto_chooses_from_the_machine_and_the_model(cores, gpus, params, trials, expected):
+    workers, note = auto_workers(cores, gpus, params, trials)
+    assert workers == expected
+    assert note.startswith(f"{expected} worker(s) (") and note.endswith("--workers auto)")
+
+
+def test_parameters_are_counted_from_the_config_without_loading_weights(tiny_model):
+    from transformers import AutoModelForSequenceClassification
+
+    loaded = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    assert count_parameters(str(tiny_model)) == loaded.num_parameters() > 0
+
+
+def test_workers_auto_launches_two_on_two_cores_for_a_small_model(run_sweep, no_launcher, monkeypatch):
+    monkeypatch.setattr(launch, "cpu_count", lambda: 2)
+    monkeypatch.setattr(launch, "visible_gpus", list)
+    assert run_sweep("--trials", "4", "--workers", "auto").code == 0
+    ((commands, envs),) = no_launcher
+    assert len(commands) == 2 and [env["OMP_NUM_THREADS"] for env in envs] == ["1", "1"]
+    assert all(not any(arg.startswith("--workers") for arg in command) for command in commands)
+    # Each worker is told why, for its summary.
+    assert all(env["RUNNER_WORKERS_AUTO"].startswith("2 worker(s) (2 CPU cores and a ") for env in envs)
+
+
+def test_workers_auto_on_one_core_runs_in_process_and_says_why(run_sweep, no_launcher, monkeypatch):
+    monkeypatch.setattr(launch, "cpu_count", lambda: 1)
+    monkeypatch.setattr(launch, "visible_gpus", list)
+    result = run_sweep("--trials", "1", "--workers", "auto")
+    assert result.code == 0, result.err
+    assert no_launcher == []
+    assert "ran as: 1 worker(s) (1 CPU core; --workers auto)" in result.out
+
+
+def test_a_worker_of_workers_auto_says_in_its_summary_what_was_chosen(run_sweep, monkeypatch):
+    monkeypatch.setenv("RUNNER_WORKER_INDEX", "0")
+    monkeypatch.setenv("RUNNER_WORKERS_AUTO", "2 worker(s) (chosen here; --workers auto)")
+    result = run_sweep("--trials", "1")
+    assert result.code == 0, result.err
+    assert "ran as: 2 worker(s) (chosen here; --workers auto)" in result.out
 
 
 def test_workers_flag_is_not_passed_on():
@@ -126,7 +186,9 @@ def test_a_failing_worker_makes_the_launcher_fail():
 # processes for both promises.
 
 
-@pytest.mark.parametrize("flags", [["--workers", "0"], ["--workers", "two"], ["--retry-failed", "-1"]])
+@pytest.mark.parametrize(
+    "flags", [["--workers", "0"], ["--workers", "two"], ["--workers", "Auto"], ["--retry-failed", "-1"]]
+)
 def test_bad_counts_are_one_line_errors(run_sweep, tmp_path, flags):
     result = run_sweep("--trials", "1", *flags)
     assert result.code == 2

@@ -22,7 +22,6 @@ from pathlib import Path
 import psutil
 import pytest
 
-import runner.workers.launch as launch
 import runner.workers.processes as processes
 from runner.sweep import build_parser, resolve_config
 from runner.workers import worker
@@ -56,25 +55,6 @@ def test_a_shortened_workers_flag_is_a_one_line_error(capsys):
     assert exit_.value.code == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("runner.sweep: error: unrecognized arguments: --worker 2"), lines
-
-
-class NoLauncher:
-    """Stands in for runner.workers.launch.Launcher: records what would be started, starts nothing."""
-
-    started: list[tuple[list[list[str]], list[dict[str, str]]]] = []
-
-    def __init__(self, commands, envs, watch=None, log_dir=None):
-        NoLauncher.started.append(([list(c) for c in commands], [dict(e) for e in envs]))
-
-    def run(self) -> int:
-        return 0
-
-
-@pytest.fixture
-def no_launcher(monkeypatch):
-    NoLauncher.started = []
-    monkeypatch.setattr(launch, "Launcher", NoLauncher)
-    return NoLauncher.started
 
 
 def test_a_worker_may_not_launch_workers(run_sweep, tmp_path, monkeypatch, no_launcher):

@@ -86,3 +86,5 @@ def test_a_sweep_records_swap_order_and_what_ran_on_every_trial(run_sweep, tmp_p
     assert [(r.data.params["torch_threads"], r.data.params["local_workers"]) for r in runs] == [
         (str(torch.get_num_threads()), "3")
     ]
+    # An eager run records that it was not compiled, and no dynamic-shape setting that meant nothing.
+    assert [(r.data.params["compile"], "compile_dynamic" in r.data.params) for r in runs] == [("False", False)]

@@ -6,6 +6,9 @@ its files are checked (runner.training.trusted).
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,8 @@ from mlflow.exceptions import MlflowException
 
 from runner.errors import first_line
 from runner.record.store import TrackingError, mlflow_client
+
+log = logging.getLogger("runner")
 
 CHAMPION_ALIAS = "champion"
 
@@ -92,7 +97,12 @@ def log_and_register(tracking_uri: str, run_id: str, folder: Path, name: str, ta
         run_id=run_id,  # passed on to Model.log: logs under the trial's run without reopening it
         tags={k: str(v) for k, v in tags.items()},
     )
-    version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    # MLflow prints "Successfully registered model ..." and "Created version ..." on stderr; export
+    # says what it registered in one line of its own, so MLflow's lines are shown with --debug only.
+    with contextlib.redirect_stderr(io.StringIO()) as said:
+        version = mlflow.register_model(info.model_uri, name, tags={k: str(v) for k, v in tags.items()})
+    for line in said.getvalue().splitlines():
+        log.debug("mlflow: %s", line)
     return str(version.version)
 
 
@@ -118,7 +128,6 @@ def load_pipeline(model_uri: str, tracking_uri: str):
     ``runner.training.trusted.load_folder``), and loaded from that same copy with ``trust_remote_code``
     off; a model that carries code is refused (``runner.training.trusted.RefusedModel``, exit 2).
     """
-    import os
     import tempfile
 
     from mlflow.artifacts import download_artifacts
@@ -128,8 +137,6 @@ def load_pipeline(model_uri: str, tracking_uri: str):
 
     mlflow.set_tracking_uri(tracking_uri)
     mlflow.set_registry_uri(tracking_uri)
-    # MLflow's download progress bar would break predict's one-line errors; a user's own setting wins.
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="runner-model-") as scratch:
         try:
             root = Path(download_artifacts(artifact_uri=model_uri, dst_path=scratch, tracking_uri=tracking_uri))

@@ -125,7 +125,6 @@ class Objective:
             "group_by_length": self.cfg.train.group_by_length,
             "swap_order": self.cfg.train.swap_order,
             "compile": resolve_compile(self.cfg.train.compile),
-            "compile_dynamic": self.cfg.train.compile_dynamic,
             "pad_to_multiple_of": self.cfg.train.pad_to_multiple_of,
             "lr_scheduler_type": self.cfg.train.lr_scheduler_type,
             "max_grad_norm": self.cfg.train.max_grad_norm,
@@ -134,6 +133,8 @@ class Objective:
             "torch_threads": _torch_threads(),
             "local_workers": local_workers(),
             "eval_samples": len(self.tokenized["validation"]),
+            # torch's dynamic-shape setting means something only for a compiled model.
+            **({"compile_dynamic": self.cfg.train.compile_dynamic} if resolve_compile(self.cfg.train.compile) else {}),
         }
 
     def _run(self, trial: optuna.Trial, hp, precision: str, run, seed: int, role: Role) -> float:

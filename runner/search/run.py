@@ -99,7 +99,9 @@ class Session:
     budget: Budget | None = None
 
 
-def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None) -> int:
+def run_sweep(
+    cfg: SweepConfig, live: bool = False, started: float | None = None, workers_note: str | None = None
+) -> int:
     """Run the study to ``cfg.study.n_trials`` finished trials; raises ConfigError / SweepFailed.
 
     Any number of workers may run this at once against one storage and tracking store:
@@ -107,6 +109,7 @@ def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None
     ``live``: show the live display (runner.search.display) on stderr, a terminal, besides the log lines.
     With ``study.timeout`` the command stops by itself within that budget, counted from ``started``
     (unix time, default now), and the same command with a larger budget continues the study.
+    ``workers_note``: what ``--workers auto`` chose and why, for the summary.
     """
     started = time.time() if started is None else started
     inputs = prepare_inputs(cfg)
@@ -162,7 +165,7 @@ def run_sweep(cfg: SweepConfig, live: bool = False, started: float | None = None
         )
     if cut is not None:
         log.info("%s", time_budget.stop_note(cut))
-    print_summary(study, cfg, checkpoint, marks, confirm, stopped=cut)
+    print_summary(study, cfg, checkpoint, marks, confirm, stopped=cut, workers_note=workers_note)
     return 0
 
 

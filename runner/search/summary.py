@@ -51,6 +51,7 @@ def print_summary(
     marks: dict[int, str] | None = None,
     confirm: optuna.Study | None = None,
     stopped: str | None = None,
+    workers_note: str | None = None,
 ) -> None:
     """The trials table, the confirmation table and where to look next, on stdout.
 
@@ -58,6 +59,7 @@ def print_summary(
     run's finish); ``confirm``: the confirmation study, when the stage is on.
 
     ``stopped``: what the time budget left undone (``7/20 trials finished``), when it cut the sweep short.
+    ``workers_note``: what ``--workers auto`` chose and why.
     """
     out = sys.stdout
     metric = cfg.study.metric
@@ -65,6 +67,8 @@ def print_summary(
     out.write("\n" + trials_view(study, marks, metric).to_string(index=False) + "\n\n")
     states = collections.Counter(t.state.name for t in study.trials)
     out.write("trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + "\n")
+    if workers_note:
+        out.write(f"ran as: {workers_note}\n")
     if states.get("COMPLETE"):
         best = study.best_trial
         low, high = best.user_attrs.get("intervals", {}).get(metric, (None, None))

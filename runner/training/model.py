@@ -91,6 +91,17 @@ def attention_dropout(source: str, settings: ModelConfig) -> tuple[str | None, f
     return key, getattr(config, key) if key else None
 
 
+def count_parameters(source: str) -> int:
+    """Parameters of the model trials fine-tune (its encoder and a 2-class head), from its config alone.
+
+    Built on the meta device: shapes without memory or weights, so asking costs no load.
+    """
+    config = AutoConfig.from_pretrained(source, num_labels=len(LABEL_NAMES))
+    with torch.device("meta"):
+        model = AutoModelForSequenceClassification.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
 def new_model(source: str, seed: int, settings: ModelConfig | None = None):
     """A pretrained model with a freshly initialised, seeded 2-class head.
 

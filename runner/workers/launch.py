@@ -37,6 +37,35 @@ def local_workers() -> int:
     return int(given) if given.isdigit() and int(given) > 0 else 1
 
 
+# Set by ``--workers auto``: what it chose and why, for the sweep's summary (in the launcher's workers too).
+AUTO_CHOICE_ENV = "RUNNER_WORKERS_AUTO"
+# ``--workers auto`` on a CPU runs two workers for a model up to this size, each with half the cores.
+# Measured (bench/README.md, section 6, "fill the cores"): all-MiniLM-L6-v2 (22.7M parameters) on full
+# MRPC on 2 cores, 2 workers x 1 thread finished 1.17x the trials per hour of 1 worker x 2 threads: a
+# small model's matrices are too small to keep two threads busy. Larger models are not measured: one worker.
+AUTO_MAX_PARAMS = 30_000_000
+
+
+def auto_workers(cores: int, gpus: Sequence[str], params: int, trials: int) -> tuple[int, str]:
+    """What ``--workers auto`` runs on this machine for this model, and why in words (for the log and summary).
+
+    One worker per GPU; on a CPU, two for a small model when there are two cores or more; otherwise one.
+    Never more workers than trials.
+    """
+    size = f"{params / 1e6:.1f}M-parameter model"
+    if gpus:
+        workers, why = len(gpus), f"one per GPU ({len(gpus)})"
+    elif cores >= 2 and params <= AUTO_MAX_PARAMS:
+        workers, why = 2, f"{cores} CPU cores and a {size}: {cores // 2} torch thread(s) each"
+    elif cores < 2:
+        workers, why = 1, "1 CPU core"
+    else:
+        workers, why = 1, f"a {size} (over {AUTO_MAX_PARAMS / 1e6:.0f}M): every core to one worker"
+    if workers > trials:
+        workers, why = trials, f"{why}; only {trials} trial(s)"
+    return workers, f"{workers} worker(s) ({why}; --workers auto)"
+
+
 # Set by the launcher of a sweep with a time budget: the unix time the command started, so that its
 # workers, which start seconds later, count the budget from the same moment (runner.search.budget).
 BUDGET_START_ENV = "RUNNER_BUDGET_START"
@@ -128,11 +157,16 @@ def worker_commands(
 
 
 def launch_workers(
-    argv: Sequence[str], workers: int, watch: Watch | None = None, budget_start: float | None = None
+    argv: Sequence[str],
+    workers: int,
+    watch: Watch | None = None,
+    budget_start: float | None = None,
+    note: str | None = None,
 ) -> int:
     """Start ``workers`` copies of ``python -m runner.sweep ARGV`` and wait for them all.
 
     ``budget_start``: the command's start (unix time) when it has a time budget, handed to every worker.
+    ``note``: what ``--workers auto`` chose and why, handed to every worker for its summary.
     ``watch``: a live view of the study to show instead of the workers' interleaved lines (in a
     terminal); their lines then go to one log file per worker, in a private temporary folder named
     at the start.
@@ -142,6 +176,8 @@ def launch_workers(
     commands, envs = worker_commands(argv, workers, cores, gpus)
     if budget_start is not None:  # one deadline for all: the budget runs from the launcher's start
         envs = [{**env, BUDGET_START_ENV: repr(budget_start)} for env in envs]
+    if note is not None:
+        envs = [{**env, AUTO_CHOICE_ENV: note} for env in envs]
     if gpus:
         log.info("%d workers on GPU(s) %s", workers, ", ".join(gpus))
         if workers > len(gpus):
