@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import datetime
+import http.server
+import ipaddress
+import ssl
+import threading
 import time
 
 import optuna
@@ -37,6 +43,74 @@ def test_unreachable_server_fails_fast():
     with pytest.raises(TrackingError, match="does not answer") as err:
         check_reachable("http://127.0.0.1:9", timeout=2.0)
     assert isinstance(err.value, ConfigError)
+
+
+@pytest.fixture
+def https_server(tmp_path):
+    """A tracking server stand-in on HTTPS with a self-signed certificate, whose /health wants basic auth.
+
+    Yields its URL and the certificate's file: the CA a user hands MLflow with MLFLOW_TRACKING_SERVER_CERT_PATH.
+    """
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=1))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    expected = "Basic " + base64.b64encode(b"alice:s3cret").decode()
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the name http.server calls
+            ok = self.path == "/health" and self.headers.get("Authorization") == expected
+            self.send_response(200 if ok else 401)
+            self.end_headers()
+            self.wfile.write(b"OK" if ok else b"")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_file, key_file)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"https://127.0.0.1:{server.server_address[1]}", cert_file
+    server.shutdown()
+
+
+def test_the_reachability_check_uses_mlflows_tls_and_credential_settings(https_server, monkeypatch):
+    """A server with a private CA and basic auth answers the check exactly when MLflow's settings say how."""
+    url, cert = https_server
+    for variable in ("MLFLOW_TRACKING_SERVER_CERT_PATH", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_TRACKING_TOKEN"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", "alice")
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "s3cret")
+    with pytest.raises(TrackingError, match="does not answer: SSLError"):
+        check_reachable(url)  # the private CA is unknown to the default trust store
+    monkeypatch.setenv("MLFLOW_TRACKING_SERVER_CERT_PATH", str(cert))
+    check_reachable(url)
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    with pytest.raises(TrackingError, match="does not answer: HTTPError"):
+        check_reachable(url)
 
 
 @pytest.mark.parametrize("uri", ["mlruns", "./mlruns", "file:///tmp/mlruns"])

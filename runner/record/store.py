@@ -11,6 +11,8 @@ from urllib.parse import urlparse
 import requests
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.credentials import get_default_host_creds
+from mlflow.utils.rest_utils import http_request
 
 from runner.config import TrackingConfig, tracking_uri_override
 from runner.errors import ConfigError
@@ -29,14 +31,21 @@ DEFAULT_TRACKING_URI = TrackingConfig().tracking_uri
 
 
 def check_reachable(tracking_uri: str, timeout: float = 3.0) -> None:
-    """Fail within seconds when a tracking server does not answer (MLflow itself retries for minutes)."""
+    """Fail within seconds when a tracking server does not answer (MLflow itself retries for minutes).
+
+    The request goes through MLflow's own HTTP path, once, so it uses what the runs will use: the
+    server's CA (``MLFLOW_TRACKING_SERVER_CERT_PATH``), ``MLFLOW_TRACKING_INSECURE_TLS``, a client
+    certificate, and the credentials (``MLFLOW_TRACKING_USERNAME``/``PASSWORD``, ``TOKEN``).
+    """
     url = urlparse(tracking_uri)
     if url.scheme in ("http", "https"):
+        creds = get_default_host_creds(tracking_uri)
         try:
-            requests.get(tracking_uri.rstrip("/") + "/health", timeout=timeout).raise_for_status()
-        except requests.RequestException as err:
+            http_request(creds, "/health", "GET", max_retries=0, timeout=timeout).raise_for_status()
+        except (MlflowException, requests.RequestException) as err:
+            cause = err.__cause__ or err.__context__ or err  # MLflow wraps the requests error: its type says more
             raise TrackingError(
-                f"MLflow tracking server {redact_url(tracking_uri)} does not answer: {type(err).__name__}"
+                f"MLflow tracking server {redact_url(tracking_uri)} does not answer: {type(cause).__name__}"
             ) from None
     elif url.scheme in ("", "file"):
         raise TrackingError(
