@@ -112,7 +112,8 @@ def save(name: str, payload: dict) -> Path:
 
     RESULTS.mkdir(parents=True, exist_ok=True)
     payload = {
-        "command": " ".join(["python", "-m", f"bench.{name}", *sys.argv[1:]]),
+        # The module that ran (python -m sets argv[0] to its file), not NAME: workers-quick is bench.workers.
+        "command": " ".join(["python", "-m", f"bench.{Path(sys.argv[0]).stem}", *sys.argv[1:]]),
         "machine": machine(),
         "torch_threads": torch.get_num_threads(),
         "date": time.strftime("%Y-%m-%d %H:%M"),

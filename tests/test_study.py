@@ -130,6 +130,26 @@ def test_progress_counts_finished_trials_and_tracks_the_best(caplog):
     assert "best eval_f1=0.7000 (trial 1)" in caplog.records[-1].getMessage()
 
 
+def test_progress_shows_what_other_workers_finished_meanwhile(caplog):
+    """A worker's lines show the study's count and best: trials another worker finished during this one count too."""
+    storage = {"done": 0, "best": None}
+    progress = SweepProgress(
+        4, 0, "eval_f1", True, count_done=lambda: storage["done"], best_now=lambda: storage["best"]
+    )
+    with caplog.at_level(logging.INFO, logger="runner"):
+        progress.trial_started(0, {})
+        storage.update(done=1, best=(0.85, 1))  # another worker's trial 1 ended while trial 0 ran
+        progress.epoch(0, 1, 2, {"eval_f1": 0.7})
+        assert "best eval_f1=0.8500 (trial 1)" in caplog.records[-1].getMessage()
+        progress.trial_finished(0, "COMPLETE", 0.8)
+        assert "[2/4 done] | best eval_f1=0.8500 (trial 1)" in caplog.records[-1].getMessage()
+        storage.update(done=3, best=(0.9, 2))  # trial 0 told, and trial 2 from elsewhere
+        progress.trial_started(4, {})
+        assert "[3/4 done]" in caplog.records[-1].getMessage()
+        progress.trial_finished(4, "COMPLETE", 0.95)  # this process's own better result shows at once
+        assert "[4/4 done] | best eval_f1=0.9500 (trial 4)" in caplog.records[-1].getMessage()
+
+
 def test_progress_minimize():
     progress = SweepProgress(total=2, done=0, metric="eval_loss", maximize=False)
     progress.trial_finished(0, "COMPLETE", 0.6)
@@ -171,3 +191,20 @@ def test_the_objective_is_named_in_the_storage(tmp_path):
         direction = "minimize" if metric == "eval_loss" else "maximize"
         make_study(_cfg(name=name, storage=storage, metric=metric, direction=direction))
         assert optuna.load_study(study_name=name, storage=storage).metric_names == [metric]
+
+
+def test_the_trials_table_shows_epochs_as_whole_numbers_beside_a_running_trial():
+    """A running trial has no best epoch yet; the others' still read "3", not "3.0"."""
+    from runner.record.artifacts import trials_table
+
+    study = optuna.create_study(direction="maximize")
+    space = {"num_train_epochs": optuna.distributions.IntDistribution(4, 4)}
+    done = study.ask(space)
+    done.set_user_attr("best_epoch", 3)
+    done.set_user_attr("epochs_run", 4)
+    study.tell(done, 0.87)
+    study.ask(space)  # still running: its params, but no epochs yet
+    table = trials_table(study)
+    assert table["best_epoch"].tolist()[0] == 3 and table["best_epoch"].isna().tolist() == [False, True]
+    first_row = table.to_string(index=False).splitlines()[1]
+    assert " 3 " in first_row and "3.0" not in first_row and "4.0" not in first_row

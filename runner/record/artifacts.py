@@ -86,8 +86,9 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                 f"f1_ci_{side}": [i["eval_f1"][end] if isinstance(i, dict) else None for i in attr("intervals")]
                 for end, side in enumerate(("low", "high"))
             },
-            "best_epoch": attr("best_epoch"),
-            "epochs_run": attr("epochs_run"),
+            # Whole numbers even beside a running trial's blank (a float column would show "3.0").
+            "best_epoch": pd.array(attr("best_epoch"), dtype="Int64"),
+            "epochs_run": pd.array(attr("epochs_run"), dtype="Int64"),
             "seconds": [round(d.total_seconds(), 1) if pd.notna(d) else None for d in frame["duration"]],
             "error": [e if isinstance(e, str) else "" for e in attr("error")],
         }

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 from runner.training.metrics import is_better
@@ -34,13 +35,35 @@ class SweepProgress:
     """Logs one line per epoch and per trial, and a step line on long epochs; feeds ``view`` the same events."""
 
     def __init__(
-        self, total: int, done: int, metric: str, maximize: bool, kind: str = "trial", view: ProgressView | None = None
+        self,
+        total: int,
+        done: int,
+        metric: str,
+        maximize: bool,
+        kind: str = "trial",
+        view: ProgressView | None = None,
+        count_done: Callable[[], int] | None = None,
+        best_now: Callable[[], tuple[float, int] | None] | None = None,
     ):
+        """``count_done``: the finished runs in the storage now, every worker's (a running one not among them);
+        ``best_now``: the storage's best value and its trial number, or None before any is complete.
+
+        With them, a line shows the study's count and best, not this process's: the trials another
+        worker finished while this one ran count too.
+        """
         self.total, self.done, self.metric, self.maximize = total, done, metric, maximize
         self.kind = kind  # "trial", or "confirmation" for the confirmation stage's runs
         self.best: tuple[float, int] | None = None
         self.view = view
+        self.count_done, self.best_now = count_done, best_now
         self._last_step_line = time.monotonic()
+
+    def _refresh(self) -> None:
+        """The study's count and best from the storage, when this progress was given how to read them."""
+        if self.count_done is not None:
+            self.done = self.count_done()
+        if self.best_now is not None and (best := self.best_now()) is not None:
+            self.best = best
 
     def set_best(self, value: float | None, trial_number: int | None) -> None:
         """Seed the best-so-far from the study (resumed sweeps)."""
@@ -51,12 +74,14 @@ class SweepProgress:
         return f"best {self.metric}={self.best[0]:.4f} ({self.kind} {self.best[1]})" if self.best else "no best yet"
 
     def trial_started(self, number: int, params: dict) -> None:
+        self._refresh()
         log.info("%s %d started [%d/%d done] %s", self.kind, number, self.done, self.total, params_text(params))
         self._last_step_line = time.monotonic()
         if self.view is not None:
             self.view.trial_started(self, number, params)
 
     def epoch(self, number: int, epoch: int, epochs: int, row: dict[str, float]) -> None:
+        self._refresh()
         log.info("%s %d epoch %d/%d: %s | %s", self.kind, number, epoch, epochs, epoch_metrics(row), self._best_text())
         if self.view is not None:
             self.view.epoch(self, number, epoch, epochs, row)
@@ -70,6 +95,7 @@ class SweepProgress:
             self.view.step(self, number, epoch, step, steps)
 
     def trial_finished(self, number: int, state: str, value: float | None, note: str = "") -> None:
+        self._refresh()  # this run is not told yet: it is still running in the storage
         if state in ("COMPLETE", "PRUNED"):
             self.done += 1
         if state == "COMPLETE" and value is not None:

@@ -181,14 +181,30 @@ def optimize(session: Session) -> tuple[Objective, FailureGuard]:
     or the time budget has no room for another trial."""
     cfg, study, display, budget = session.cfg, session.study, session.display, session.budget
     inputs, tracker = session.inputs, session.tracker
-    done = len(study.get_trials(deepcopy=False, states=FINISHED))
+
+    def count_done() -> int:
+        return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+    def best_now() -> tuple[float, int] | None:
+        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
+            return None
+        best = study.best_trial
+        return best.value, best.number
+
+    maximize = cfg.study.direction == "maximize"
     progress = SweepProgress(
-        cfg.study.n_trials, done, cfg.study.metric, cfg.study.direction == "maximize", view=display
+        cfg.study.n_trials,
+        count_done(),
+        cfg.study.metric,
+        maximize,
+        view=display,
+        count_done=count_done,
+        best_now=best_now,
     )
     if display is not None:
         display.attach(study, lambda: TrialTimes.from_study(study))
-    if any(t.state == TrialState.COMPLETE for t in study.trials):
-        progress.set_best(study.best_value, study.best_trial.number)
+    if (best := best_now()) is not None:
+        progress.set_best(*best)
     objective = Objective(
         cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, session.checkpoint, progress
     )
@@ -198,17 +214,13 @@ def optimize(session: Session) -> tuple[Objective, FailureGuard]:
     log.info(
         "study %r: %d/%d trials finished; model %s; fp16=true runs as %s",
         cfg.study.name,
-        done,
+        progress.done,
         cfg.study.n_trials,
         cfg.model.name,
         resolve_precision(True),
     )
 
     def linked(trial: optuna.Trial) -> float:
-        # Other workers finish trials too: show the study's count and best, not this process's.
-        progress.done = len(study.get_trials(deepcopy=False, states=FINISHED))
-        if any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-            progress.set_best(study.best_value, study.best_trial.number)
         # A retried trial's run points at the run of the trial it repeats. (optuna.Trial has no
         # system_attrs, where Optuna keeps the retry's origin: read them from the stored trial.)
         running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
@@ -241,9 +253,15 @@ def confirm_stage(session: Session, objective: Objective) -> FailureGuard:
     with lock:
         plan = make_plan(study, confirm, cfg)
     is_done = done_counter(plan)
-    done = sum(is_done(t) for t in confirm.get_trials(deepcopy=False))
+
+    def count_done() -> int:
+        return sum(is_done(t) for t in confirm.get_trials(deepcopy=False))
+
+    done = count_done()
     maximize = cfg.study.direction == "maximize"
-    objective.progress = SweepProgress(len(plan), done, cfg.study.metric, maximize, kind="confirmation", view=display)
+    objective.progress = SweepProgress(
+        len(plan), done, cfg.study.metric, maximize, kind="confirmation", view=display, count_done=count_done
+    )
     if display is not None:
         display.attach(confirm)  # its runs' intervals; the times stay the search's: the same model and data
     configs = sorted({job.confirms for job in plan})

@@ -105,8 +105,6 @@ class Launcher:
         preexec = die_with_parent()
         codes: list[int] = []
         try:
-            if self.watch is not None:
-                self.watch.start(str(self.log_dir))
             for index, (command, env) in enumerate(zip(self.commands, self.envs, strict=True)):
                 if self._signals:
                     log.info("stopping: worker(s) %d to %d not started", index, len(self.commands) - 1)
@@ -126,6 +124,12 @@ class Launcher:
                 self._sent.append(0)
                 log.info("worker %d started (pid %d)", index, proc.pid)
                 self._deliver()
+            # Our threads start only now that every worker is forked: ``preexec_fn`` runs Python in the
+            # forked child, which is safe only while no other thread of ours may hold a lock at the fork.
+            # A worker's first lines wait in its pipe meanwhile (64 KiB, far more than its start-up writes).
+            if self.watch is not None:
+                self.watch.start(str(self.log_dir))
+            for index, proc in enumerate(self.procs):
                 for stream, sink in self._sinks(index, proc):
                     relay = threading.Thread(target=self._relay, args=(index, stream, sink), daemon=True)
                     relay.start()
