@@ -12,9 +12,11 @@ import json
 import logging
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -120,10 +122,23 @@ def save(name: str, payload: dict) -> Path:
         **payload,
     }
     path = RESULTS / f"{name}.json"
-    # Committed to git: no password from a --storage URL or any other URL in the numbers.
-    path.write_text(redact_text(json.dumps(payload, indent=2, default=str)) + "\n")
+    # Committed to git: no password from a --storage URL or any other URL in the numbers, and no
+    # folder of this machine.
+    path.write_text(portable(redact_text(json.dumps(payload, indent=2, default=str))) + "\n")
     log.info("raw numbers in %s", path.relative_to(ROOT))
     return path
+
+
+def portable(text: str) -> str:
+    """``text`` with this machine's folders named as anyone's: the checkout and the working folder
+    ``.``, MRPC ``$RUNNER_DATA_DIR``, the temporary folder ``$TMPDIR``, the home folder ``~``."""
+    data = os.environ.get("RUNNER_DATA_DIR") or next((str(p) for p in DATA_CANDIDATES if p.is_dir()), "")
+    names = {str(ROOT): ".", os.getcwd(): ".", data: "$RUNNER_DATA_DIR", tempfile.gettempdir(): "$TMPDIR"}
+    names.setdefault(str(Path.home()), "~")
+    for folder in sorted((f for f in names if f not in ("", "/")), key=len, reverse=True):  # the deepest first
+        # A whole folder only: /tmp must not match /tmpfoo.
+        text = re.sub(re.escape(folder.rstrip("/")) + r"(?=[/\"'\s]|$)", names[folder], text)
+    return text
 
 
 def timed(cmd: list[str], cwd: Path, log_path: Path) -> float:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import statistics
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -134,7 +135,7 @@ def replay(source: list[dict], pruner: optuna.pruners.BasePruner, metric_max: bo
 def load_source(args) -> tuple[str, list[dict]]:
     """The curves to replay and where they came from: a saved results file, or a study's store."""
     if args.curves:
-        saved = json.loads(open(args.curves).read())
+        saved = json.loads(Path(args.curves).read_text(encoding="utf-8"))
         return saved["study"], saved["curves"]
     study = optuna.load_study(study_name=args.study, storage=args.storage)
     return args.study, curves_of(study)

@@ -108,3 +108,18 @@ def test_compile_summary_splits_the_first_epoch_from_the_steady_ones():
     assert compiled["steady epoch s"] == 10.0 and compiled["later trial s"] == 23.0
     assert compiled["steady vs eager"] == pytest.approx(1.0)
     assert compiled["command vs eager"] == pytest.approx(260.0 / 61.0)
+
+
+def test_result_files_name_no_folder_of_this_machine(tmp_path, monkeypatch):
+    """bench/results is committed: the checkout, MRPC, the temporary and home folders get portable names."""
+    from pathlib import Path
+
+    from bench.common import ROOT, portable
+
+    data = tmp_path / "mrpc"
+    monkeypatch.setenv("RUNNER_DATA_DIR", str(data))
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    text = f'"sqlite:///{ROOT}/mlruns/optuna.db" {data}/dev.tsv {tmp_path}/home/.cache {ROOT}x'
+    assert portable(text).split()[:3] == ['"sqlite:///./mlruns/optuna.db"', "$RUNNER_DATA_DIR/dev.tsv", "~/.cache"]
+    assert portable(text).endswith(f"{ROOT}x")  # a folder whose name only begins the same stays
+    assert str(Path.home()) not in portable(str(Path.home()) + "/x")
