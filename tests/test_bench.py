@@ -119,7 +119,9 @@ def test_result_files_name_no_folder_of_this_machine(tmp_path, monkeypatch):
     data = tmp_path / "mrpc"
     monkeypatch.setenv("RUNNER_DATA_DIR", str(data))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    text = f'"sqlite:///{ROOT}/mlruns/optuna.db" {data}/dev.tsv {tmp_path}/home/.cache {ROOT}x'
-    assert portable(text).split()[:3] == ['"sqlite:///./mlruns/optuna.db"', "$RUNNER_DATA_DIR/dev.tsv", "~/.cache"]
-    assert portable(text).endswith(f"{ROOT}x")  # a folder whose name only begins the same stays
+    text = f'"sqlite:///{ROOT}/mlruns/optuna.db" {data}/dev.tsv {tmp_path}/home/.cache {data}x/dev.tsv'
+    portable_text = portable(text)
+    assert portable_text.split()[:3] == ['"sqlite:///./mlruns/optuna.db"', "$RUNNER_DATA_DIR/dev.tsv", "~/.cache"]
+    # A folder whose name only begins like MRPC's is not MRPC's (and the checkout may itself be under $TMPDIR).
+    assert portable_text.split()[3].endswith("/mrpcx/dev.tsv") and "$RUNNER_DATA_DIRx" not in portable_text
     assert str(Path.home()) not in portable(str(Path.home()) + "/x")
