@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
+import warnings
 
 import optuna
 import pytest
@@ -34,6 +35,15 @@ def test_sqlite_storage_uses_wal(storage_url, tmp_path):
     _study(storage_url)
     with sqlite3.connect(tmp_path / "optuna.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_opening_a_storage_prints_no_experimental_notice(storage_url):
+    """The heartbeat is experimental in Optuna: its notice reached every sweep log before quieting."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # this module ignores the notice elsewhere
+        storage = open_storage(storage_url)
+    assert storage.heartbeat_interval == 60
+    assert [w.message for w in caught if issubclass(w.category, optuna.exceptions.ExperimentalWarning)] == []
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import warnings
 from types import TracebackType
 
 import optuna
@@ -78,7 +79,9 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
     elif _backend(url) == "postgresql":
         engine_kwargs = {"connect_args": _connect_args(url), "pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
+        with warnings.catch_warnings():  # the heartbeat is experimental in Optuna 5; we rely on it knowingly
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180)
     except Exception as err:  # noqa: BLE001 - SQLAlchemy raises many types for a bad URL or server
         why = redact_text(first_line(err))  # the message may quote the URL, password included
         raise ConfigError(f"cannot open Optuna storage {redact_url(url)}: {why}") from None
