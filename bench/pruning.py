@@ -68,10 +68,10 @@ def pruners(max_epochs: int) -> dict[str, optuna.pruners.BasePruner]:
     return {
         "none": optuna.pruners.NopPruner(),
         "median, 3 startup, prune from epoch 1": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
-        "median, 3 startup, prune from epoch 2 (default)": optuna.pruners.MedianPruner(
-            n_startup_trials=3, n_warmup_steps=2
+        "median, 3 startup, prune from epoch 2": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
+        "median, 5 startup, prune from epoch 2 (default)": optuna.pruners.MedianPruner(
+            n_startup_trials=5, n_warmup_steps=2
         ),
-        "median, 5 startup, prune from epoch 2": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
         "median - 0.01, 3 startup, prune from epoch 1": MarginMedianPruner(0.01, n_startup_trials=3, n_warmup_steps=1),
         "median - 0.02, 3 startup, prune from epoch 1": MarginMedianPruner(0.02, n_startup_trials=3, n_warmup_steps=1),
         # Optuna's percentile counts from the top when maximising: 25.0 keeps the top 25%.
@@ -132,6 +132,11 @@ def replay(source: list[dict], pruner: optuna.pruners.BasePruner, metric_max: bo
     return {"epochs": spent, "values": values, "pruned": pruned, "unknown": unknown}
 
 
+def top(values: dict, k: int, metric_max: bool = True) -> list:
+    """The ``k`` best trials of a replay, best first: the ones the confirmation stage would repeat."""
+    return sorted(values, key=lambda number: values[number], reverse=metric_max)[:k]
+
+
 def load_source(args) -> tuple[str, list[dict]]:
     """The curves to replay and where they came from: a saved results file, or a study's store."""
     if args.curves:
@@ -147,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default="mrpc-minilm")
     parser.add_argument("--curves", help="replay the curves saved in an earlier results file instead of a store")
     parser.add_argument("--name", default="pruning", help="results file name (bench/results/NAME.json)")
+    parser.add_argument("--top-k", type=int, default=3, help="the confirmation stage's top_k (default 3, as mrpc.yaml)")
     args = parser.parse_args(argv)
     common.setup()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -155,7 +161,8 @@ def main(argv: list[str] | None = None) -> None:
     oracle = max(max(t["curve"].values()) for t in source)
     best_number = next(t["number"] for t in source if max(t["curve"].values()) == oracle)
     rows, raw = [], {}
-    full = replay(source, optuna.pruners.NopPruner())["epochs"]
+    unpruned = replay(source, optuna.pruners.NopPruner())
+    full, finalists = unpruned["epochs"], top(unpruned["values"], args.top_k)
     for label, pruner in pruners(max_epochs).items():
         r = replay(source, pruner)
         raw[label] = r
@@ -169,12 +176,15 @@ def main(argv: list[str] | None = None) -> None:
                 "best F1 kept": kept,
                 "F1 lost": oracle - kept,
                 f"best trial ({best_number}) pruned": best_number in r["pruned"],
+                # The search's finalists without pruning: the confirmation stage decides among them.
+                f"top {args.top_k} kept": f"{len(set(finalists) & set(top(r['values'], args.top_k)))}/{args.top_k}",
                 "continuations unknown": r["unknown"],
             }
         )
     print(f"{len(source)} trials with curves from study {name!r}; best {oracle:.4f} (trial {best_number})\n")
     print(text := common.table(rows, list(rows[0])))
-    common.save(args.name, {"study": name, "storage": args.storage, "curves": source, "replays": raw, "table": text})
+    origin = {"curves_from": args.curves} if args.curves else {"storage": args.storage}
+    common.save(args.name, {"study": name, **origin, "curves": source, "replays": raw, "table": text})
 
 
 if __name__ == "__main__":

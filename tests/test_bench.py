@@ -94,6 +94,26 @@ def test_a_margin_lets_epoch_1_prune_only_the_trials_clearly_behind_the_median()
     assert margin["epochs"] == 3 * 3 + 3 + 1  # the collapsed trial stops after epoch 1
 
 
+def test_the_default_pruner_keeps_the_default_sweeps_finalists():
+    """Replayed one worker at a time on the default sweep's recorded curves (bench/results/pruning-default.json),
+    the pruner of sweeps/mrpc.yaml keeps the three trials the confirmation stage repeats, yet prunes some.
+
+    With 3 startup trials instead of 5 it pruned the second best, a slow starter (0.850 after epoch 2, 0.873 after 3).
+    """
+    from bench.common import ROOT
+    from bench.pruning import top
+    from runner.config.loading import load_config
+    from runner.search.study import make_pruner
+
+    cfg = load_config(ROOT / "sweeps" / "mrpc.yaml")
+    source = json.loads((ROOT / "bench" / "results" / "pruning-default.json").read_text(encoding="utf-8"))["curves"]
+    unpruned = replay(source, optuna.pruners.NopPruner())
+    pruned = replay(source, make_pruner(cfg))
+    k = cfg.study.confirm.top_k
+    assert top(pruned["values"], k) == top(unpruned["values"], k)
+    assert pruned["pruned"] and pruned["epochs"] < unpruned["epochs"]
+
+
 def test_compile_summary_splits_the_first_epoch_from_the_steady_ones():
     """bench.compile: compilation lands in the first trial's first epoch; steady epochs and later trials exclude it."""
     from bench.compile import summary
