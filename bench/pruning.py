@@ -31,6 +31,9 @@ import optuna
 from optuna.trial import TrialState
 
 from bench import common
+from runner.config.loading import load_config
+from runner.config.schema import SweepConfig
+from runner.search.study import make_pruner
 
 log = logging.getLogger("bench.pruning")
 
@@ -63,15 +66,17 @@ class MarginMedianPruner(optuna.pruners.BasePruner):
         return best < median - self.margin if maximize else best > median + self.margin
 
 
-def pruners(max_epochs: int) -> dict[str, optuna.pruners.BasePruner]:
-    """Settings to compare; runner's median uses n_warmup_steps = warmup epochs + 1."""
+def pruners(max_epochs: int, default: SweepConfig) -> dict[str, optuna.pruners.BasePruner]:
+    """Settings to compare, ``default`` (sweeps/mrpc.yaml) built by runner itself; runner's median uses
+    n_warmup_steps = warmup epochs + 1."""
+    study = default.study
     return {
         "none": optuna.pruners.NopPruner(),
+        f"{study.pruner}, {study.pruner_startup_trials} startup, prune from epoch {study.pruner_warmup_epochs + 1} "
+        "(default)": make_pruner(default),
         "median, 3 startup, prune from epoch 1": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         "median, 3 startup, prune from epoch 2": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
-        "median, 5 startup, prune from epoch 2 (default)": optuna.pruners.MedianPruner(
-            n_startup_trials=5, n_warmup_steps=2
-        ),
+        "median, 5 startup, prune from epoch 2": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
         "median - 0.01, 3 startup, prune from epoch 1": MarginMedianPruner(0.01, n_startup_trials=3, n_warmup_steps=1),
         "median - 0.02, 3 startup, prune from epoch 1": MarginMedianPruner(0.02, n_startup_trials=3, n_warmup_steps=1),
         # Optuna's percentile counts from the top when maximising: 25.0 keeps the top 25%.
@@ -152,8 +157,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--study", default="mrpc-minilm")
     parser.add_argument("--curves", help="replay the curves saved in an earlier results file instead of a store")
     parser.add_argument("--name", default="pruning", help="results file name (bench/results/NAME.json)")
-    parser.add_argument("--top-k", type=int, default=3, help="the confirmation stage's top_k (default 3, as mrpc.yaml)")
+    parser.add_argument("--top-k", type=int, help="finalists to keep (default: the confirmation's top_k in mrpc.yaml)")
     args = parser.parse_args(argv)
+    default = load_config(common.ROOT / "sweeps" / "mrpc.yaml")
+    args.top_k = args.top_k or default.study.confirm.top_k
     common.setup()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     name, source = load_source(args)
@@ -163,7 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     rows, raw = [], {}
     unpruned = replay(source, optuna.pruners.NopPruner())
     full, finalists = unpruned["epochs"], top(unpruned["values"], args.top_k)
-    for label, pruner in pruners(max_epochs).items():
+    for label, pruner in pruners(max_epochs, default).items():
         r = replay(source, pruner)
         raw[label] = r
         kept = max(r["values"].values())
