@@ -41,6 +41,8 @@ STATE_ORDER = {"COMPLETE": 0, "PRUNED": 1, "RUNNING": 2, "FAIL": 3}
 # The bounds of each score's 95% interval: numeric columns in csv and json, folded into the score elsewhere.
 INTERVALS = {"best_f1": ("f1_ci_low", "f1_ci_high"), "accuracy": ("accuracy_ci_low", "accuracy_ci_high")}
 WINNER_MARK = "<- winner"
+# A stage the time budget (or a crash) cut short records its table, but names no winner until every run is in.
+UNFINISHED = "confirmation stage not finished: no winner yet (the same runner sweep command finishes it)"
 
 
 @dataclass
@@ -346,7 +348,8 @@ def run(args: argparse.Namespace) -> int:
         frames.append(trials_frame(runs, searched, study))
         stage, outcome = history.confirmed_result(uri, study)
         if not stage.empty:
-            confirmed.append(Confirmed(study, confirmed_frame(stage, searched, study), verdict(outcome)))
+            found = verdict(outcome) or UNFINISHED
+            confirmed.append(Confirmed(study, confirmed_frame(stage, searched, study), found))
     combined = pd.concat([f.head(args.top) if args.top else f for f in frames], ignore_index=True)
     sys.stdout.write(render(combined, args.format, several=len(frames) > 1, confirmed=confirmed))
     if args.html is not None:

@@ -568,3 +568,33 @@ def _scripted_training(f1s, eval_dataset, hp, settings, precision, metric, maxim
             result.stopped_at_epoch = epoch
             break
     return result
+
+
+def staged_confirmation(values: list[float], confirmed: list[float]):
+    """(search, confirmation) in-memory studies: a search with one trial per value (distinct learning
+    rates), and its confirmation stage (top 2 x 2 seeds) with ``confirmed`` as its first runs' values,
+    in plan order."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+
+    from runner.config import SweepConfig
+    from runner.search import confirm as confirm_mod
+
+    stage = {"top_k": 2, "seeds": 2}
+    cfg = SweepConfig.model_validate({"study": {"name": "s", "n_trials": len(values), "confirm": stage}})
+    search = optuna.create_study(direction="maximize")
+    for i, value in enumerate(values):
+        search.add_trial(
+            optuna.trial.create_trial(
+                params={"learning_rate": 1e-5 * (i + 1)},
+                distributions={"learning_rate": FloatDistribution(1e-6, 1e-3)},
+                value=value,
+            )
+        )
+    confirm = optuna.create_study(direction="maximize")
+    plan = confirm_mod.make_plan(search, confirm, cfg)
+    for job, value in zip(plan, confirmed, strict=False):
+        trial = confirm.ask()
+        trial.set_user_attr(confirm_mod.JOB_ATTR, job.to_attr())
+        confirm.tell(trial, value)
+    return search, confirm

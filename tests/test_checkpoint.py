@@ -165,7 +165,7 @@ def test_leftovers_of_other_folders_are_not_touched(tmp_path):
 )
 def test_one_rule_for_better_in_the_saved_model_and_the_progress_line(tmp_path, value, held, maximize, expected):
     """The model kept on disk and the best shown while the sweep runs follow ``is_better``, ties included."""
-    from runner.search.progress import SweepProgress
+    from runner.search.progress import Best, SweepProgress
     from runner.training.metrics import is_better
 
     checkpoint = BestCheckpoint(tmp_path, "study", maximize=maximize)
@@ -178,4 +178,4 @@ def test_one_rule_for_better_in_the_saved_model_and_the_progress_line(tmp_path, 
     assert is_better(value, held, maximize) is expected
     assert is_better(value, None, maximize)
     assert checkpoint.is_better(value) is expected
-    assert progress.best == ((value, 1) if expected else (held, 0))
+    assert progress.best == (Best(value, 1) if expected else Best(held, 0))

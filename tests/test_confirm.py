@@ -6,11 +6,12 @@ import threading
 
 import optuna
 import pytest
-from conftest import run_threads
+from conftest import run_threads, staged_confirmation
 from optuna.trial import TrialState
 
 import runner.training.metrics
 import runner.training.train
+from runner.config import SweepConfig
 from runner.search import confirm as confirm_mod
 
 CONFIRM = ("--set", "study.confirm.top_k=2", "--set", "study.confirm.seeds=2")
@@ -67,7 +68,7 @@ def test_confirmation_runs_are_tagged_seeded_and_never_pruned(run_sweep, store, 
 
 
 def test_the_winner_is_the_best_mean_not_the_lucky_run_and_export_ships_it(
-    run_sweep, store, scripted_f1, tmp_path, monkeypatch, capsys, premade_mlflow_db
+    run_sweep, store, scripted_f1, tmp_path, monkeypatch, capsys, caplog, premade_mlflow_db
 ):
     import json
 
@@ -77,6 +78,14 @@ def test_the_winner_is_the_best_mean_not_the_lucky_run_and_export_ships_it(
     result = run_sweep("--trials", "3", *CONFIRM, "--set", "search_space.num_train_epochs=1")
     assert result.code == 0, result.err
     assert left == []
+    # The stage's lines show the leading configuration's mean, as the stage ranks them, never one lucky
+    # run; the run that just ended counts though Optuna is not told yet (0.845 is 0.85 and 0.84).
+    ended = [line for line in caplog.messages if line.startswith("confirmation") and "COMPLETE" in line]
+    assert len(ended) == 4, caplog.messages
+    assert "leading eval_f1=0.8500 ± 0.0000 over 1 run of trial 1" in ended[0]
+    assert "leading eval_f1=0.8450 ± 0.0071 over 2 runs of trial 1" in ended[2]
+    assert "leading eval_f1=0.8500 ± 0.0100 over 3 runs of trial 1" in ended[3]
+    assert "best eval_f1" not in "".join(ended)
     metrics = store.parent().data.metrics
     assert metrics["confirmed_trial"] == 1
     assert metrics["confirmed_mean_eval_f1"] == pytest.approx((0.85 + 0.84 + 0.86) / 3)
@@ -142,7 +151,6 @@ def test_resume_during_confirmation_finishes_the_stage_without_a_duplicate(
 
 def split_between_two_workers(url: str) -> None:
     """Two workers (threads, each with its own lock handle) run one confirmation stage on ``url``; check it."""
-    from runner.config import SweepConfig
     from runner.workers.scheduler import run_until_total
     from runner.workers.storage import StudyLock
 
@@ -185,3 +193,26 @@ def split_between_two_workers(url: str) -> None:
 
 def test_two_workers_split_the_stage_exactly(tmp_path):
     split_between_two_workers(f"sqlite:///{tmp_path / 'optuna.db'}")
+
+
+def test_an_unfinished_stage_names_its_leader_never_a_winner():
+    from runner.search.summary import _budget_line, confirmation_view
+
+    # Trial 0 ran lucky (0.90) and re-runs at 0.60; trial 1's single run (0.85) leads on the mean.
+    search, confirm = staged_confirmation([0.90, 0.85, 0.50], [0.60])
+    outcome = confirm_mod.summarize(search, confirm, "eval_f1")
+    assert not outcome.complete and outcome.winner.trial == 1
+    assert not any(row["winner"] for row in outcome.table()), "the recorded table names no winner yet"
+    shown = confirmation_view(outcome)
+    assert list(shown["winner"]) == ["", "<- leading"]
+    line = _budget_line(search, SweepConfig.model_validate({}), "3/3 trials finished, 1/4 confirmation runs", outcome)
+    assert "leading eval_f1=0.8500 ± 0.0000 over 1 run of trial 1" in line
+    assert "best so far" not in line
+
+    # The last runs in, one of them still pending (finished, Optuna not told yet): now a winner.
+    search, confirm = staged_confirmation([0.90, 0.85, 0.50], [0.60, 0.62, 0.84])
+    last = confirm.ask()
+    last.set_user_attr(confirm_mod.JOB_ATTR, confirm_mod.stored_plan(confirm)[3].to_attr())
+    outcome = confirm_mod.summarize(search, confirm, "eval_f1", pending={last.number: 0.86})
+    assert outcome.complete and outcome.winner.trial == 1 and outcome.winner.values == [0.85, 0.84, 0.86]
+    assert list(confirmation_view(outcome)["winner"]) == ["", "<- winner"]

@@ -28,9 +28,10 @@ from rich.console import Console
 
 from runner.config import SweepConfig
 from runner.search import progress as progress_module
+from runner.search.confirm import JOB_ATTR, make_plan
 from runner.search.display import SweepDisplay, duration, live_wanted
 from runner.search.estimate import EPOCH_SECONDS_ATTR, Running, TrialTimes, eta_seconds
-from runner.search.progress import SweepProgress
+from runner.search.progress import Best, SweepProgress
 from runner.search.watch import StudyWatch
 from runner.workers.processes import Launcher
 
@@ -131,6 +132,22 @@ def test_sweep_display_shows_the_best_trials_interval():
     assert "trials 1/2 done" in text and "best eval_f1=0.8000 (0.700-0.900), trial 0" in text
 
 
+def test_the_confirmation_stage_shows_its_leading_mean_not_a_runs_interval():
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()  # confirmation 0, with its own interval: not what a configuration's mean shows
+    trial.set_user_attr("intervals", {"eval_f1": [0.7, 0.9]})
+    display = SweepDisplay()
+    display.attach(study)
+    leader = Best(0.85, 0, runs=3, sd=0.01)  # search trial 0's configuration, over 3 runs
+    progress = SweepProgress(4, 0, "eval_f1", True, kind="confirmation", view=display, best_now=lambda p: leader)
+    progress.trial_started(trial.number, {"repeats trial": 0, "seed": 8})
+    progress.trial_finished(trial.number, "COMPLETE", 0.8)
+    text = frame_text(display.render)
+    assert "confirmation runs 1/4 done" in text
+    assert "leading eval_f1=0.8500 ± 0.0100 over 3 runs of trial 0" in text
+    assert "0.700" not in text and "best eval_f1" not in text
+
+
 def test_step_lines_stay_every_30_s_while_the_view_gets_every_step(monkeypatch, caplog):
     now = [0.0]
     monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
@@ -183,6 +200,25 @@ def test_study_watch_reads_running_trials_and_best_from_the_storage(tmp_path):
     assert "trials 1/4 done" in text and "best eval_f1=0.7000 (0.600-0.800), trial 0" in text
     assert re.search(r"ETA \d+:\d\d", text), text
     assert "trial 1 (pid 123): epoch 1/" in text
+
+
+def test_study_watch_shows_the_confirmation_stages_leading_configuration(tmp_path):
+    url = f"sqlite:///{tmp_path}/optuna.db"
+    cfg = SweepConfig.model_validate(
+        {"study": {"name": "w", "n_trials": 2, "storage": url, "confirm": {"top_k": 2, "seeds": 2}}}
+    )
+    search = optuna.create_study(study_name="w", storage=url, direction="maximize")
+    space = {"learning_rate": FloatDistribution(1e-6, 1e-3)}
+    for lr, value in ((1e-5, 0.90), (2e-5, 0.85)):  # trial 0 ran lucky
+        search.add_trial(optuna.trial.create_trial(params={"learning_rate": lr}, distributions=space, value=value))
+    confirm = optuna.create_study(study_name="w.confirm", storage=url, direction="maximize")
+    plan = make_plan(search, confirm, cfg)
+    rerun = confirm.ask()
+    rerun.set_user_attr(JOB_ATTR, plan[0].to_attr())
+    confirm.tell(rerun, 0.60)  # trial 0's configuration: 0.75 on the mean, behind trial 1's 0.85
+    text = frame_text(StudyWatch(cfg, workers=2).read)
+    assert "confirmation runs 1/4 done" in text
+    assert "leading eval_f1=0.8500 ± 0.0000 over 1 run of trial 1" in text
 
 
 def test_watched_launcher_keeps_worker_lines_in_log_files_and_prints_results_once(tmp_path, capfd):

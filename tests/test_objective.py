@@ -10,7 +10,7 @@ from runner.config import DataConfig, SweepConfig
 from runner.record.checkpoint import BestCheckpoint
 from runner.record.runs import Tracker
 from runner.search.objective import Objective
-from runner.search.progress import SweepProgress
+from runner.search.progress import Best, SweepProgress
 from runner.training.data import load_mrpc, tokenize
 from runner.training.model import load_tokenizer
 
@@ -60,7 +60,7 @@ def test_fixed_trial_returns_the_best_epoch_value(objective):
     held = objective.checkpoint.current()
     assert (held["trial"], held["value"], held["run_id"]) == (5, value, run.info.run_id)
     assert held["params"]["learning_rate"] == 3e-3
-    assert objective.progress.done == 1 and objective.progress.best == (value, 5)
+    assert objective.progress.done == 1 and objective.progress.best == Best(value, 5)
 
 
 def test_the_trial_trains_in_the_precision_it_records(objective, monkeypatch):

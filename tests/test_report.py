@@ -12,6 +12,7 @@ import optuna
 import pandas as pd
 import pytest
 
+from runner.report import UNFINISHED
 from runner.report import main as report_main
 
 COLUMNS = [
@@ -277,6 +278,33 @@ def test_a_store_from_before_intervals_and_ties_still_renders(tmp_path, monkeypa
     rows = json.loads(out)
     assert code == 0 and isinstance(rows, list) and [r["best_f1"] for r in rows] == [0.8, 0.6]
     assert all(r["f1_ci_low"] is None and r["accuracy_ci_high"] is None and r["vs_best"] == "" for r in rows)
+
+
+def test_an_unfinished_confirmation_stage_is_reported_without_a_winner(
+    tmp_path, monkeypatch, capsys, premade_mlflow_db
+):
+    """A stage the budget cut short records its table as the sweep computed it: no row marked, and a note."""
+    from conftest import staged_confirmation
+
+    from runner.record.history import CONFIRMED_CSV
+    from runner.record.runs import Tracker
+    from runner.search.confirm import summarize
+
+    monkeypatch.chdir(tmp_path)
+    search, confirm = staged_confirmation([0.90, 0.85, 0.50], [0.60])  # 1 of 4 runs in: trial 1 leads
+    tracker = Tracker("sqlite:///mlruns/mlflow.db", "tiny", str(tmp_path / "mlruns" / "artifacts"), False)
+    tracker.open_study_run(optuna.create_study(study_name="tiny"), {})
+    for trial in search.trials:
+        with tracker.trial_run("tiny", trial.number, trial.params) as run:
+            run.log_metrics({"best_eval_f1": trial.value, "best_epoch": 1})
+    table = tmp_path / CONFIRMED_CSV
+    pd.DataFrame(summarize(search, confirm, "eval_f1").table()).to_csv(table, index=False)
+    tracker.update_study_run({}, {}, [table])
+
+    code, out, err = report(capsys, "--study", "tiny")
+    assert code == 0, err
+    assert "confirmed configurations" in out and "<- winner" not in out
+    assert out.rstrip().endswith(UNFINISHED)
 
 
 def test_html_report_is_one_self_contained_page(run_sweep, store, tmp_path, capsys, premade_mlflow_db):

@@ -6,12 +6,13 @@ import logging
 
 import optuna
 import pytest
+from optuna.trial import TrialState
 
 from runner.config import SweepConfig
 from runner.errors import ConfigError
 from runner.search.guard import FailureGuard
-from runner.search.progress import SweepProgress
-from runner.search.study import make_pruner, make_study
+from runner.search.progress import Best, SweepProgress
+from runner.search.study import best_trial, make_pruner, make_study
 from runner.workers.storage import check_storage_url
 
 
@@ -125,36 +126,45 @@ def test_progress_counts_finished_trials_and_tracks_the_best(caplog):
         progress.trial_finished(3, "PRUNED", None, " at epoch 1")
         progress.trial_finished(4, "COMPLETE", 0.6)
     assert progress.done == 4  # 1 before + 2 complete + 1 pruned; the failure does not count
-    assert progress.best == (0.7, 1)
+    assert progress.best == Best(0.7, 1)
     assert "[4/4 done]" in caplog.records[-1].getMessage()
-    assert "best eval_f1=0.7000 (trial 1)" in caplog.records[-1].getMessage()
+    assert "best eval_f1=0.7000, trial 1" in caplog.records[-1].getMessage()
 
 
 def test_progress_shows_what_other_workers_finished_meanwhile(caplog):
     """A worker's lines show the study's count and best: trials another worker finished during this one count too."""
-    storage = {"done": 0, "best": None}
+    study = optuna.create_study(direction="maximize")
+    mine = study.ask()  # this worker's trial 0, running in the storage
     progress = SweepProgress(
-        4, 0, "eval_f1", True, count_done=lambda: storage["done"], best_now=lambda: storage["best"]
+        4,
+        0,
+        "eval_f1",
+        True,
+        count_done=lambda: len(study.get_trials(states=(TrialState.COMPLETE,))),
+        best_now=lambda pending: best_trial(study, pending),
     )
     with caplog.at_level(logging.INFO, logger="runner"):
-        progress.trial_started(0, {})
-        storage.update(done=1, best=(0.85, 1))  # another worker's trial 1 ended while trial 0 ran
-        progress.epoch(0, 1, 2, {"eval_f1": 0.7})
-        assert "best eval_f1=0.8500 (trial 1)" in caplog.records[-1].getMessage()
-        progress.trial_finished(0, "COMPLETE", 0.8)
-        assert "[2/4 done] | best eval_f1=0.8500 (trial 1)" in caplog.records[-1].getMessage()
-        storage.update(done=3, best=(0.9, 2))  # trial 0 told, and trial 2 from elsewhere
-        progress.trial_started(4, {})
+        progress.trial_started(mine.number, {})
+        study.tell(study.ask(), 0.85)  # another worker's trial 1 ended while trial 0 ran
+        progress.epoch(mine.number, 1, 2, {"eval_f1": 0.7})
+        assert "best eval_f1=0.8500, trial 1" in caplog.records[-1].getMessage()
+        progress.trial_finished(mine.number, "COMPLETE", 0.8)  # not told yet: pending, and not the best
+        assert "[2/4 done] | best eval_f1=0.8500, trial 1" in caplog.records[-1].getMessage()
+        study.tell(mine, 0.8)
+        study.tell(study.ask(), 0.9)  # trial 2 from elsewhere
+        mine = study.ask()
+        progress.trial_started(mine.number, {})
         assert "[3/4 done]" in caplog.records[-1].getMessage()
-        progress.trial_finished(4, "COMPLETE", 0.95)  # this process's own better result shows at once
-        assert "[4/4 done] | best eval_f1=0.9500 (trial 4)" in caplog.records[-1].getMessage()
+        progress.trial_finished(mine.number, "COMPLETE", 0.95)  # this process's own better result shows at once
+        assert "[4/4 done] | best eval_f1=0.9500, trial 3" in caplog.records[-1].getMessage()
+        assert best_trial(study, {}) == Best(0.9, 2)  # the pending value is the line's alone, never the storage's
 
 
 def test_progress_minimize():
     progress = SweepProgress(total=2, done=0, metric="eval_loss", maximize=False)
     progress.trial_finished(0, "COMPLETE", 0.6)
     progress.trial_finished(1, "COMPLETE", 0.4)
-    assert progress.best == (0.4, 1)
+    assert progress.best == Best(0.4, 1)
 
 
 def test_an_existing_study_is_opened_and_nothing_is_created(tmp_path):

@@ -232,7 +232,7 @@ class Confirmation:
         return found if gap is None else {**found, f"optimism_gap_{m}": gap}
 
     def table(self) -> list[dict[str, Any]]:
-        """One row per configuration: runs, mean, sd, min, max; the winner marked."""
+        """One row per configuration: runs, mean, sd, min, max; the winner marked once the stage is complete."""
         return [
             {
                 "trial": r.trial,
@@ -242,18 +242,23 @@ class Confirmation:
                 "sd": r.sd,
                 "min": min(r.values),
                 "max": max(r.values),
-                "winner": r is self.winner,
+                "winner": r is self.winner and self.complete,  # a leader is no winner until every run is in
             }
             for r in self.rows
         ]
 
 
-def summarize(search: optuna.Study, confirm: optuna.Study | None, metric: str) -> Confirmation | None:
+def summarize(
+    search: optuna.Study, confirm: optuna.Study | None, metric: str, pending: dict[int, float] | None = None
+) -> Confirmation | None:
     """The stage's outcome from the two studies, or None when no plan was made (or nothing is complete).
 
     The winner is the configuration with the best mean over all its runs; ties go to the one
-    with more runs, then to the better search rank.
+    with more runs, then to the better search rank. ``pending``: confirmation trial number -> value
+    of a run that finished but is not told to Optuna yet (the progress lines', as it ends), counted
+    as complete.
     """
+    pending = pending or {}
     plan = stored_plan(confirm) if confirm is not None else []
     if not plan:
         return None
@@ -266,9 +271,11 @@ def summarize(search: optuna.Study, confirm: optuna.Study | None, metric: str) -
         key = _params_key(params)
         values = [float(t.value) for t in complete_search if _params_key(t.params) == key]
         confirmed = [
-            float(t.value)
+            float(t.value) if t.state == TrialState.COMPLETE else pending[t.number]
             for t in confirm_trials
-            if t.state == TrialState.COMPLETE and job_key(t) is not None and job_key(t)[0] == number
+            if (t.state == TrialState.COMPLETE or t.number in pending)
+            and job_key(t) is not None
+            and job_key(t)[0] == number
         ]
         if values or confirmed:
             rows.append(ConfigResult(number, params, values + confirmed, len(confirmed)))
@@ -279,7 +286,7 @@ def summarize(search: optuna.Study, confirm: optuna.Study | None, metric: str) -
         if is_better(row.mean, winner.mean, maximize) or (row.mean == winner.mean and row.runs > winner.runs):
             winner = row
     done = done_counter(plan)
-    complete = sum(done(t) for t in confirm_trials) >= len(plan)
+    complete = sum(done(t) or t.number in pending for t in confirm_trials) >= len(plan)
     return Confirmation(metric, rows, winner, search.best_trial, complete)
 
 

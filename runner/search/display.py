@@ -24,7 +24,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import optuna
@@ -36,8 +36,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.search.estimate import Running, TrialTimes, eta_seconds
-from runner.search.progress import SweepProgress, epoch_metrics, params_text
-from runner.training.bootstrap import with_interval
+from runner.search.progress import SweepProgress, best_text, epoch_metrics, params_text
 
 log = logging.getLogger("runner")
 
@@ -62,15 +61,6 @@ def duration(seconds: float | None) -> str:
 
 
 # --- rendering, shared by both views -------------------------------------------------------------
-
-
-def best_text(metric: str, best: tuple[float, int] | None, interval: Sequence[float] | None, kind: str) -> str:
-    """``best eval_f1=0.8421 (0.801-0.880), trial 3``: the interval when the trial recorded one."""
-    if best is None:
-        return "no best yet"
-    value, number = best
-    low, high = interval or (None, None)
-    return f"best {metric}={with_interval(value, low, high)}, {kind} {number}"
 
 
 def study_line(kind: str, done: int, total: int, elapsed: float, eta: float | None, best: str) -> Text:
@@ -205,7 +195,7 @@ class SweepDisplay:
         epochs = params.get("num_train_epochs")
         with self._lock:
             self._progress, self._times, self._interval = progress, times, interval
-            self._interval_for = (progress.kind, progress.best[1]) if progress.best else None
+            self._interval_for = (progress.kind, progress.best.number) if progress.best else None
             self._current = _Current(number, dict(params), now, epochs if isinstance(epochs, int) else None)
             self._current.epoch_seconds, self._current.last_epoch_at = [], now
             self._current.samples = collections.deque()
@@ -237,17 +227,18 @@ class SweepDisplay:
         times = self._read_times()
         with self._lock:
             self._progress, self._times, self._interval = progress, times, interval
-            self._interval_for = (progress.kind, progress.best[1]) if progress.best else None
+            self._interval_for = (progress.kind, progress.best.number) if progress.best else None
             if self._current is not None and self._current.number == number:
                 self._current = None
 
     def _best_interval(self, progress: SweepProgress) -> list[float] | None:
-        if progress.best is None or self._study is None:
+        """The best trial's interval; none for a configuration's mean (the confirmation stage shows its sd)."""
+        if progress.best is None or progress.best.runs is not None or self._study is None:
             return None
-        key = (progress.kind, progress.best[1])
+        key = (progress.kind, progress.best.number)
         if key == self._interval_for:
             return self._interval
-        found = [t for t in self._study.get_trials(deepcopy=False) if t.number == progress.best[1]]
+        found = [t for t in self._study.get_trials(deepcopy=False) if t.number == progress.best.number]
         return interval_of(found[0] if found else None, progress.metric)
 
     def _read_times(self) -> TrialTimes:
@@ -276,9 +267,9 @@ class SweepDisplay:
             progress, current, interval = self._progress, self._current, self._interval
             if progress is None:
                 return Text(f"starting... | elapsed {duration(time.monotonic() - self.started)}")
-            if progress.best is not None and self._interval_for != (progress.kind, progress.best[1]):
+            if progress.best is not None and self._interval_for != (progress.kind, progress.best.number):
                 interval = None  # seeded from the study (a resumed sweep): not looked up yet
-            best = best_text(progress.metric, progress.best, interval, progress.kind)
+            best = best_text(progress.metric, progress.best, progress.kind, interval)
             head = study_line(progress.kind, progress.done, progress.total, time.monotonic() - self.started, eta, best)
             return Group(head, *self._trial_lines(progress.kind, current))
 

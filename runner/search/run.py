@@ -38,8 +38,8 @@ from runner.search.display import SweepDisplay
 from runner.search.estimate import TrialTimes
 from runner.search.guard import FailureGuard
 from runner.search.objective import Objective
-from runner.search.progress import SweepProgress
-from runner.search.study import make_study
+from runner.search.progress import Best, SweepProgress, leading
+from runner.search.study import best_trial, make_study
 from runner.search.study_run import finish_study_run, reproduction_tags
 from runner.search.summary import print_summary
 from runner.training.data import MrpcData, load_mrpc, tokenize
@@ -185,26 +185,15 @@ def optimize(session: Session) -> tuple[Objective, FailureGuard]:
     def count_done() -> int:
         return len(study.get_trials(deepcopy=False, states=FINISHED))
 
-    def best_now() -> tuple[float, int] | None:
-        if not any(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False)):
-            return None
-        best = study.best_trial
-        return best.value, best.number
-
-    maximize = cfg.study.direction == "maximize"
     progress = SweepProgress(
-        cfg.study.n_trials,
-        count_done(),
-        cfg.study.metric,
-        maximize,
+        *(cfg.study.n_trials, count_done(), cfg.study.metric, cfg.study.direction == "maximize"),
         view=display,
         count_done=count_done,
-        best_now=best_now,
+        best_now=lambda pending: best_trial(study, pending),
     )
     if display is not None:
         display.attach(study, lambda: TrialTimes.from_study(study))
-    if (best := best_now()) is not None:
-        progress.set_best(*best)
+    progress.best = best_trial(study, {})  # a resumed sweep's best, before its first line
     objective = Objective(
         cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, session.checkpoint, progress
     )
@@ -257,10 +246,18 @@ def confirm_stage(session: Session, objective: Objective) -> FailureGuard:
     def count_done() -> int:
         return sum(is_done(t) for t in confirm.get_trials(deepcopy=False))
 
+    def leader(pending: dict[int, float]) -> Best | None:
+        # The stage ranks configurations by their mean over runs: that, not one worker's best run, leads.
+        return leading(summarize(study, confirm, cfg.study.metric, pending))
+
     done = count_done()
     maximize = cfg.study.direction == "maximize"
     objective.progress = SweepProgress(
-        len(plan), done, cfg.study.metric, maximize, kind="confirmation", view=display, count_done=count_done
+        *(len(plan), done, cfg.study.metric, maximize),
+        kind="confirmation",
+        view=display,
+        count_done=count_done,
+        best_now=leader,
     )
     if display is not None:
         display.attach(confirm)  # its runs' intervals; the times stay the search's: the same model and data

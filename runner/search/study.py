@@ -6,10 +6,13 @@ import warnings
 
 import optuna
 from optuna.distributions import distribution_to_json
+from optuna.trial import TrialState
 
 from runner.config import SweepConfig
 from runner.errors import ConfigError
+from runner.search.progress import Best
 from runner.search.space import max_epochs, to_distributions
+from runner.training.metrics import is_better
 from runner.workers.storage import open_storage
 
 WORKER_STARTS_ATTR = "runner.worker_starts"  # study user attr: how many sweep processes have joined it
@@ -108,3 +111,17 @@ def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
     if cfg.study.pruner == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=max_epochs(cfg), reduction_factor=3)
     return optuna.pruners.NopPruner()
+
+
+def best_trial(study: optuna.Study, pending: dict[int, float]) -> Best | None:
+    """The search's best trial in the storage, counting ``pending`` (number -> value, not told yet) as complete.
+
+    Ties go to the earlier trial, as Optuna's ``best_trial``; None before any trial is complete.
+    """
+    maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    best = None
+    for number, value in [(t.number, t.value) for t in complete] + sorted(pending.items()):
+        if is_better(value, best.value if best else None, maximize):
+            best = Best(value, number)
+    return best

@@ -17,6 +17,7 @@ from runner.record.runs import trial_runs_link
 from runner.record.store import absolute_sqlite_uri
 from runner.redact import redact_url
 from runner.search.confirm import Confirmation, summarize
+from runner.search.progress import best_text, leading
 from runner.training.bootstrap import with_interval
 
 
@@ -34,13 +35,15 @@ def trials_view(study: optuna.Study, marks: dict[int, str], metric: str) -> pd.D
 
 
 def confirmation_view(outcome: Confirmation) -> pd.DataFrame:
-    """One row per confirmed configuration: runs, mean ± sd, min and max; the winner first-marked."""
+    """One row per confirmed configuration: runs, mean ± sd, min and max; the winner marked, or while
+    runs are missing the configuration leading so far (a leader is no winner yet)."""
     rows = pd.DataFrame(outcome.table())
     spread = [f"{m:.4f} ± {s:.4f}" for m, s in zip(rows.pop("mean"), rows.pop("sd"), strict=True)]
     rows.insert(rows.columns.get_loc("min"), "mean ± sd", spread)
     for column in ("min", "max"):
         rows[column] = rows[column].map("{:.4f}".format)
-    rows["winner"] = rows["winner"].map({True: "<- winner", False: ""})
+    mark = "<- winner" if outcome.complete else "<- leading"
+    rows["winner"] = [mark if r.trial == outcome.winner.trial else "" for r in outcome.rows]
     return rows
 
 
@@ -96,13 +99,16 @@ def print_summary(
     )
     out.write(trial_runs_line(study, cfg, flags))
     if stopped is not None:
-        out.write(_budget_line(study, cfg, stopped))
+        out.write(_budget_line(study, cfg, stopped, summarize(study, confirm, metric)))
 
 
-def _budget_line(study: optuna.Study, cfg: SweepConfig, stopped: str) -> str:
-    """The sweep's state when the time budget ran out, its best so far, and how to go on."""
+def _budget_line(study: optuna.Study, cfg: SweepConfig, stopped: str, outcome: Confirmation | None) -> str:
+    """The sweep's state when the time budget ran out, its best so far (the confirmation stage's leader,
+    once it has one), and how to go on."""
     best = "no complete trial yet"
-    if any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
+    if outcome is not None:
+        best = best_text(cfg.study.metric, leading(outcome))
+    elif any(t.state.name == "COMPLETE" for t in study.get_trials(deepcopy=False)):
         best = f"best so far: trial {study.best_trial.number}, {cfg.study.metric}={study.best_value:.4f}"
     return f"time budget used up: {stopped}; {best}. The same command with a larger --timeout continues the study.\n"
 
@@ -122,9 +128,8 @@ def trial_runs_line(study: optuna.Study, cfg: SweepConfig, flags: str) -> str:
 def _write_verdict(out, outcome: Confirmation) -> None:
     w = outcome.winner
     m = outcome.metric
-    state = "" if outcome.complete else " (stage not finished: some runs are missing)"
-    out.write(f"confirmed winner: trial {w.trial}'s configuration, {m} {w.mean:.4f} ± {w.sd:.4f} over {w.runs} runs")
-    out.write(f"{state}\n")
+    head = "confirmed winner" if outcome.complete else "leading so far (stage not finished: some runs are missing)"
+    out.write(f"{head}: trial {w.trial}'s configuration, {m} {w.mean:.4f} ± {w.sd:.4f} over {w.runs} runs\n")
     gap = outcome.optimism_gap
     if gap is not None:
         out.write(

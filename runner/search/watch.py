@@ -18,11 +18,12 @@ from rich.text import Text
 
 from runner.config import SweepConfig
 from runner.files import SQLITE_TIMEOUT_S, sqlite_file
-from runner.search.confirm import JOB_ATTR, done_counter, stored_plan
+from runner.search.confirm import JOB_ATTR, done_counter, stored_plan, summarize
 from runner.search.confirm import study_name as confirm_study_name
-from runner.search.display import best_text, duration, interval_of, live_session, study_line
+from runner.search.display import duration, interval_of, live_session, study_line
 from runner.search.estimate import Running, TrialTimes, eta_seconds
-from runner.search.progress import params_text
+from runner.search.progress import best_text, leading, params_text
+from runner.search.study import best_trial
 from runner.workers.scheduler import FINISHED
 
 log = logging.getLogger("runner")
@@ -96,6 +97,7 @@ class StudyWatch:
         times = TrialTimes.from_trials(trials)
         done = sum(t.state in FINISHED for t in trials)
         total, kind, stage = self.cfg.study.n_trials, "trial", trials
+        shown_best = self._best_trial_text(study, trials)
         if done >= total and self.cfg.study.confirm.top_k > 0:
             confirm = self._load(confirm_study_name(self.cfg.study.name))
             if confirm is not None:
@@ -104,19 +106,28 @@ class StudyWatch:
                 kind, stage = "confirmation", confirm.get_trials(deepcopy=False)
                 total = len(plan) or self.cfg.study.confirm.top_k * self.cfg.study.confirm.seeds
                 done = sum(is_done(t) for t in stage)
-        return self.frame(kind, stage, times, done, total, elapsed)
+                # The stage ranks configurations by their mean over runs: the leader, not the best single run.
+                shown_best = best_text(self.cfg.study.metric, leading(summarize(study, confirm, self.cfg.study.metric)))
+        return self.frame(kind, stage, times, done, total, elapsed, shown_best)
+
+    def _best_trial_text(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
+        """The search's best trial with its interval."""
+        best = best_trial(study, {})
+        found = next((t for t in trials if best is not None and t.number == best.number), None)
+        return best_text(self.cfg.study.metric, best, "trial", interval_of(found, self.cfg.study.metric))
 
     def frame(
-        self, kind: str, trials: Sequence[FrozenTrial], times: TrialTimes, done: int, total: int, elapsed: float
+        self,
+        kind: str,
+        trials: Sequence[FrozenTrial],
+        times: TrialTimes,
+        done: int,
+        total: int,
+        elapsed: float,
+        shown_best: str,
     ) -> RenderableType:
-        """The study's line and one line per running trial."""
-        metric = self.cfg.study.metric
+        """The study's line (``shown_best``: its best, as best_text shows it) and one line per running trial."""
         running = [t for t in trials if t.state == TrialState.RUNNING]
-        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        maximize = self.cfg.study.direction == "maximize"
-        best_trial = (max if maximize else min)(complete, key=lambda t: t.value) if complete else None
-        best = (best_trial.value, best_trial.number) if best_trial else None
-        shown_best = best_text(metric, best, interval_of(best_trial, metric), kind)
         estimates = [self._running(t) for t in running]
         not_started = max(0, total - done - len(running))
         eta = 0.0 if not not_started and not running else eta_seconds(times, not_started, estimates, self.workers)
