@@ -1,4 +1,4 @@
-"""The Optuna study: created or joined, checked against what it began optimising, its sampler and pruner."""
+"""The Optuna study: created or joined, checked against what it began optimising, its sampler, pruner and best trial."""
 
 from __future__ import annotations
 
