@@ -68,12 +68,10 @@ class MarginMedianPruner(optuna.pruners.BasePruner):
 
 def pruners(max_epochs: int, default: SweepConfig) -> dict[str, optuna.pruners.BasePruner]:
     """Settings to compare, ``default`` (sweeps/mrpc.yaml) built by runner itself; runner's median uses
-    n_warmup_steps = warmup epochs + 1."""
+    n_warmup_steps = warmup epochs + 1. An alternative with the default's settings is its row alone."""
     study = default.study
-    return {
-        "none": optuna.pruners.NopPruner(),
-        f"{study.pruner}, {study.pruner_startup_trials} startup, prune from epoch {study.pruner_warmup_epochs + 1} "
-        "(default)": make_pruner(default),
+    own = f"{study.pruner}, {study.pruner_startup_trials} startup, prune from epoch {study.pruner_warmup_epochs + 1}"
+    others = {
         "median, 3 startup, prune from epoch 1": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1),
         "median, 3 startup, prune from epoch 2": optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2),
         "median, 5 startup, prune from epoch 2": optuna.pruners.MedianPruner(n_startup_trials=5, n_warmup_steps=2),
@@ -90,6 +88,8 @@ def pruners(max_epochs: int, default: SweepConfig) -> dict[str, optuna.pruners.B
             min_resource=1, max_resource=max_epochs, reduction_factor=3
         ),
     }
+    others.pop(own, None)
+    return {"none": optuna.pruners.NopPruner(), f"{own} (default)": make_pruner(default), **others}
 
 
 def curves_of(study: optuna.Study) -> list[dict]:

@@ -114,6 +114,18 @@ def test_the_default_pruner_keeps_the_default_sweeps_finalists():
     assert pruned["pruned"] and pruned["epochs"] < unpruned["epochs"]
 
 
+def test_the_replay_compares_each_pruner_setting_once():
+    """The default row is built from sweeps/mrpc.yaml; an alternative with the same settings is not a second row."""
+    from bench.common import ROOT
+    from bench.pruning import pruners
+    from runner.config.loading import load_config
+
+    cfg = load_config(ROOT / "sweeps" / "mrpc.yaml")
+    labels = [label.removesuffix(" (default)") for label in pruners(4, cfg)]
+    assert len(labels) == len(set(labels)), labels
+    assert sum(label.endswith("(default)") for label in pruners(4, cfg)) == 1
+
+
 def test_compile_summary_splits_the_first_epoch_from_the_steady_ones():
     """bench.compile: compilation lands in the first trial's first epoch; steady epochs and later trials exclude it."""
     from bench.compile import summary

@@ -172,7 +172,7 @@ def test_one_rule_for_better_in_the_saved_model_and_the_progress_line(tmp_path, 
     checkpoint.path.mkdir()
     (checkpoint.path / INFO_FILE).write_text(json.dumps({"trial": 0, "value": held}), encoding="utf-8")
     progress = SweepProgress(total=3, done=1, metric="eval_f1", maximize=maximize)
-    progress.set_best(held, 0)
+    progress.best = Best(held, 0)
     progress.trial_finished(1, "COMPLETE", value)
 
     assert is_better(value, held, maximize) is expected

@@ -105,7 +105,7 @@ def test_sweep_display_shows_study_trial_step_bar_and_eta():
     display = SweepDisplay()
     display.attach(optuna.create_study(), lambda: TrialTimes.from_trials([finished([10.0, 10.0], 25.0)]))
     progress = SweepProgress(3, 1, "eval_f1", True, view=display)
-    progress.set_best(0.81, 0)
+    progress.best = Best(0.81, 0)
     progress.trial_started(1, {"learning_rate": 3e-5, "num_train_epochs": 2})
     progress.step(1, 0.25, 5, 40)
     progress.step(1, 0.5, 10, 40)  # the same call a moment later: a rate

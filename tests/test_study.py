@@ -119,7 +119,7 @@ def test_bad_storage_url_is_a_config_error(url):
 
 def test_progress_counts_finished_trials_and_tracks_the_best(caplog):
     progress = SweepProgress(total=4, done=1, metric="eval_f1", maximize=True)
-    progress.set_best(0.5, 0)
+    progress.best = Best(0.5, 0)
     with caplog.at_level(logging.INFO, logger="runner"):
         progress.trial_finished(1, "COMPLETE", 0.7)
         progress.trial_finished(2, "FAIL", None)

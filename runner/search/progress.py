@@ -95,9 +95,9 @@ class SweepProgress:
         """
         self.total, self.done, self.metric, self.maximize = total, done, metric, maximize
         self.kind = kind  # "trial", or "confirmation" for the confirmation stage's runs
-        self.best: Best | None = None
         self.view = view
         self.count_done, self.best_now = count_done, best_now
+        self.best: Best | None = best_now({}) if best_now is not None else None  # a resumed study's, at once
         self._last_step_line = time.monotonic()
 
     def _refresh(self, pending: dict[int, float] | None = None) -> None:
@@ -106,11 +106,6 @@ class SweepProgress:
             self.done = self.count_done()
         if self.best_now is not None and (best := self.best_now(pending or {})) is not None:
             self.best = best
-
-    def set_best(self, value: float | None, trial_number: int | None) -> None:
-        """Seed the best-so-far with one trial's value (a resumed sweep's, from the study)."""
-        if value is not None and trial_number is not None:
-            self.best = Best(value, trial_number)
 
     def _best_text(self) -> str:
         return best_text(self.metric, self.best, self.kind)

@@ -193,7 +193,6 @@ def optimize(session: Session) -> tuple[Objective, FailureGuard]:
     )
     if display is not None:
         display.attach(study, lambda: TrialTimes.from_study(study))
-    progress.best = best_trial(study, {})  # a resumed sweep's best, before its first line
     objective = Objective(
         cfg, inputs.model_source, inputs.tokenizer, inputs.data, inputs.tokenized, tracker, session.checkpoint, progress
     )

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Sequence
 
 import optuna
 from optuna.distributions import distribution_to_json
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from runner.config import SweepConfig
 from runner.errors import ConfigError
@@ -113,13 +114,17 @@ def make_pruner(cfg: SweepConfig) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def best_trial(study: optuna.Study, pending: dict[int, float]) -> Best | None:
+def best_trial(
+    study: optuna.Study, pending: dict[int, float], trials: Sequence[FrozenTrial] | None = None
+) -> Best | None:
     """The search's best trial in the storage, counting ``pending`` (number -> value, not told yet) as complete.
 
     Ties go to the earlier trial, as Optuna's ``best_trial``; None before any trial is complete.
+    ``trials``: the study's trials when the caller has just read them (not read again).
     """
     maximize = study.direction == optuna.study.StudyDirection.MAXIMIZE
-    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     best = None
     for number, value in [(t.number, t.value) for t in complete] + sorted(pending.items()):
         if is_better(value, best.value if best else None, maximize):

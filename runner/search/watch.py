@@ -97,7 +97,8 @@ class StudyWatch:
         times = TrialTimes.from_trials(trials)
         done = sum(t.state in FINISHED for t in trials)
         total, kind, stage = self.cfg.study.n_trials, "trial", trials
-        shown_best = self._best_trial_text(study, trials)
+        metric = self.cfg.study.metric
+        shown_best = None
         if done >= total and self.cfg.study.confirm.top_k > 0:
             confirm = self._load(confirm_study_name(self.cfg.study.name))
             if confirm is not None:
@@ -107,14 +108,12 @@ class StudyWatch:
                 total = len(plan) or self.cfg.study.confirm.top_k * self.cfg.study.confirm.seeds
                 done = sum(is_done(t) for t in stage)
                 # The stage ranks configurations by their mean over runs: the leader, not the best single run.
-                shown_best = best_text(self.cfg.study.metric, leading(summarize(study, confirm, self.cfg.study.metric)))
+                shown_best = best_text(metric, leading(summarize(study, confirm, metric)))
+        if shown_best is None:  # the search's best trial, with its interval
+            best = best_trial(study, {}, trials)
+            found = next((t for t in trials if best is not None and t.number == best.number), None)
+            shown_best = best_text(metric, best, "trial", interval_of(found, metric))
         return self.frame(kind, stage, times, done, total, elapsed, shown_best)
-
-    def _best_trial_text(self, study: optuna.Study, trials: Sequence[FrozenTrial]) -> str:
-        """The search's best trial with its interval."""
-        best = best_trial(study, {})
-        found = next((t for t in trials if best is not None and t.number == best.number), None)
-        return best_text(self.cfg.study.metric, best, "trial", interval_of(found, self.cfg.study.metric))
 
     def frame(
         self,
